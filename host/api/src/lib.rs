@@ -1,0 +1,38 @@
+//! The plugin API of data-storage.
+//!
+//! Connectors and sinks depend on this crate and nothing else of the project; the host links
+//! them. Arrows go one way: a connector never knows a sink, a sink never knows an exchange.
+//!
+//! - [`packet`]: `DataPacket` and its payloads (the seed's MI / ST / Ping / Invalid, plus Gap and Trade)
+//! - [`plugin`]: `Listener`, `Sink`, the `inventory` registries
+//! - [`traits`]: the seed's `Parser` and `SymbolHandler`
+//! - [`buffer`]: the seed's `Buffer` (batching, back-pressure policy)
+//! - [`line_protocol`]: the storage format and schema
+//! - [`ws`], [`http`], [`backoff`]: what every connector needs to talk to an exchange
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod buffer;
+pub mod clock;
+pub mod config;
+pub mod decimal;
+pub mod error;
+pub mod http;
+pub mod line_protocol;
+pub mod packet;
+pub mod plugin;
+pub mod shutdown;
+pub mod stats;
+pub mod traits;
+pub mod ws;
+
+pub use async_trait::async_trait;
+pub use inventory;
+
+pub use config::{parse_options, FeedSpec, Secret, SinkSpec, Symbols};
+pub use decimal::Decimal;
+pub use error::{ConfigError, DBError, ListenerError, ParseError, SymbolError};
+pub use packet::{DataPacket, GapMarker, GapReason, Instrument, InvalidFrame, Level, MarketIncremental, Side, Snapshot, Trade};
+pub use plugin::{ConnectorPlugin, FeedContext, Listener, Sink, SinkPlugin};
+pub use shutdown::{shutdown_pair, Shutdown, ShutdownTrigger};
+pub use stats::{FeedStats, SinkStats};

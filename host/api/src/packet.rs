@@ -1,0 +1,199 @@
+//! `DataPacket` and its payloads: what a connector hands to a sink.
+//!
+//! The seed's packet kinds are kept (MI, ST, Ping, Invalid) and two are added: `Gap`, so a hole
+//! in the data is a stored fact rather than an absence (contract 2), and `Trade`. Levels are
+//! typed (`Level` of two [`Decimal`]s) instead of the seed's `Vec<Value>`.
+
+use std::sync::Arc;
+
+use compact_str::CompactString;
+
+use crate::decimal::Decimal;
+
+/// Which book a packet belongs to. Becomes the tag set of every point (with `side`), so it
+/// holds only low-cardinality names: never prices or ids (contract 4).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Instrument {
+    /// `binance`, `bybit`, `huobi`.
+    pub exchange: &'static str,
+    /// `spot`, `linear`, ...
+    pub market: &'static str,
+    /// The exchange's symbol, upper case as the exchange writes it in payloads (`BTCUSDT`).
+    pub symbol: Arc<str>,
+}
+
+/// One price level: absolute size at a price; a zero size removes the level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Level {
+    pub price: Decimal,
+    pub size: Decimal,
+}
+
+/// Book side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Bid,
+    Ask,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Bid => "bid",
+            Side::Ask => "ask",
+        }
+    }
+}
+
+/// The seed's MarketIncremental: one sequence-checked book update, applied in order after the
+/// latest snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarketIncremental {
+    pub instrument: Instrument,
+    /// First update id covered (Binance `U`; equals `last_update_id` where the exchange has one id).
+    pub first_update_id: u64,
+    /// Last update id covered (Binance `u`, Bybit `u`, Huobi `seqNum`).
+    pub last_update_id: u64,
+    /// Id the exchange says precedes this one, where it says so (Huobi `prevSeqNum`).
+    pub prev_update_id: Option<u64>,
+    /// Exchange event time, ms since the epoch (Binance `E`), when the exchange sends one.
+    pub event_time_ms: Option<i64>,
+    /// Local receive time in ns, made unique per process (see [`crate::clock`]); becomes the
+    /// timestamp of the first level's point, the next levels take the following nanoseconds.
+    pub recv_time_ns: i64,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+/// The seed's Snapshot: a full book at `cur_seq`. Rebuilding the book at time t starts from the
+/// latest stored snapshot at or before t (contract 3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The seed's `symbol_pair`.
+    pub instrument: Instrument,
+    /// Book version (Binance `lastUpdateId`, Bybit `u`, Huobi `seqNum`).
+    pub cur_seq: u64,
+    /// Previous version where the exchange gives one.
+    pub prev_seq: Option<u64>,
+    /// The seed's `timestamp`: exchange time in ms, when the exchange sends one.
+    pub timestamp: Option<i64>,
+    /// Local receive time in ns, unique per process (see [`crate::clock`]).
+    pub recv_time_ns: i64,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+/// Why a stretch of a book's history is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// An update did not chain onto the previous one.
+    SequenceBreak,
+    /// The connection dropped; updates in between were not received.
+    Disconnect,
+    /// The snapshot fetched to resync did not line up with the buffered updates.
+    SnapshotMismatch,
+    /// Too many updates buffered while waiting for a snapshot.
+    BufferOverflow,
+}
+
+impl GapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::SequenceBreak => "sequence_break",
+            GapReason::Disconnect => "disconnect",
+            GapReason::SnapshotMismatch => "snapshot_mismatch",
+            GapReason::BufferOverflow => "buffer_overflow",
+        }
+    }
+}
+
+/// A stored statement that updates are missing between `last_id` and `next_id` for one
+/// symbol; the book is invalid from this point until the next snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GapMarker {
+    pub instrument: Instrument,
+    pub reason: GapReason,
+    /// Last update id applied before the gap, if any.
+    pub last_id: Option<u64>,
+    /// First update id seen after the gap, if known.
+    pub next_id: Option<u64>,
+    pub recv_time_ns: i64,
+}
+
+/// One public trade.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trade {
+    pub instrument: Instrument,
+    /// Exchange trade id as text (Bybit linear uses UUIDs, Huobi ids exceed u64).
+    pub trade_id: CompactString,
+    pub price: Decimal,
+    pub size: Decimal,
+    /// Taker side: `Bid` for a buy, `Ask` for a sell.
+    pub taker_side: Side,
+    pub event_time_ms: Option<i64>,
+    pub recv_time_ns: i64,
+}
+
+/// A frame that could not be parsed, kept (truncated) so it can be inspected and re-derived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidFrame {
+    pub exchange: &'static str,
+    pub feed: Arc<str>,
+    pub reason: String,
+    /// The frame text, cut at [`InvalidFrame::MAX_RAW`] bytes.
+    pub raw: String,
+    pub recv_time_ns: i64,
+}
+
+impl InvalidFrame {
+    /// InfluxDB 1.x limits a string field to 64 KiB; keep well below it.
+    pub const MAX_RAW: usize = 16 * 1024;
+
+    pub fn new(exchange: &'static str, feed: Arc<str>, reason: String, raw: &str, recv_time_ns: i64) -> Self {
+        let mut end = raw.len().min(Self::MAX_RAW);
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        InvalidFrame { exchange, feed, reason, raw: raw[..end].to_owned(), recv_time_ns }
+    }
+}
+
+/// Everything a connector sends to a sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataPacket {
+    /// Market incremental: a sequence-checked book update.
+    MI(MarketIncremental),
+    /// Full book snapshot.
+    ST(Snapshot),
+    /// Updates are missing for one symbol from here until the next snapshot.
+    Gap(GapMarker),
+    Trade(Trade),
+    /// An exchange heartbeat (Huobi's `{"ping": n}`), for liveness accounting; not stored.
+    Ping(i64),
+    /// A frame that failed to parse, stored for inspection.
+    Invalid(InvalidFrame),
+}
+
+impl DataPacket {
+    /// How many points this packet becomes in the store.
+    pub fn point_count(&self) -> usize {
+        match self {
+            DataPacket::MI(m) => m.bids.len() + m.asks.len(),
+            DataPacket::ST(s) => (s.bids.len() + s.asks.len()).max(1),
+            DataPacket::Gap(_) | DataPacket::Trade(_) | DataPacket::Invalid(_) => 1,
+            DataPacket::Ping(_) => 0,
+        }
+    }
+
+    /// Short kind name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DataPacket::MI(_) => "MI",
+            DataPacket::ST(_) => "ST",
+            DataPacket::Gap(_) => "gap",
+            DataPacket::Trade(_) => "trade",
+            DataPacket::Ping(_) => "ping",
+            DataPacket::Invalid(_) => "invalid",
+        }
+    }
+}

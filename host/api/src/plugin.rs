@@ -1,0 +1,98 @@
+//! The plugin API: what a connector or sink crate implements and registers.
+//!
+//! Registration is static (`inventory`): a plugin crate submits a const descriptor, the host
+//! links every plugin crate once (host/src/plugins.rs), and looks plugins up by the name used
+//! in exchanges.toml. `build` only validates and constructs; it never connects, so
+//! `data-storage check` runs the exact code that `run` does, offline.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::buffer::PacketSender;
+use crate::config::{FeedSpec, SinkSpec};
+use crate::error::{ConfigError, DBError, ListenerError};
+use crate::shutdown::Shutdown;
+use crate::stats::FeedStats;
+
+/// What a running listener gets from the host.
+pub struct FeedContext {
+    /// The feed's name in exchanges.toml (for logs and `invalid_frame` points).
+    pub feed: Arc<str>,
+    /// Where packets go. `send` never waits (contract 5).
+    pub out: PacketSender,
+    pub stats: Arc<FeedStats>,
+    pub shutdown: Shutdown,
+}
+
+/// The seed's Listener: one exchange endpoint for a set of symbols. `listen` resolves symbols,
+/// splits them across connections (the seed's `split`), connects (the seed's `connect`),
+/// reconnects on its own, and returns only when `ctx.shutdown` fires, after handing every
+/// packet it has to `ctx.out`.
+#[async_trait]
+pub trait Listener: Send {
+    async fn listen(self: Box<Self>, ctx: FeedContext) -> Result<(), ListenerError>;
+}
+
+/// A destination for line protocol. The host's [`crate::buffer::Buffer`] batches packets and
+/// calls `write`; a sink retries what is worth retrying and quarantines what the server refuses.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes one batch of line protocol (`points` lines). Returns only after the batch is
+    /// stored, quarantined (`DBError::Rejected`), or the sink gives up for now (`Retryable`,
+    /// `Auth`): then the buffer keeps the batch and calls again later.
+    async fn write(&mut self, lines: &[u8], points: usize) -> Result<(), DBError>;
+
+    /// Makes written data durable (fsync, close files). Called once at stop.
+    async fn close(&mut self) -> Result<(), DBError> {
+        Ok(())
+    }
+}
+
+/// A connector plugin: one exchange endpoint.
+pub struct ConnectorPlugin {
+    /// The `connector = "..."` value in exchanges.toml.
+    pub name: &'static str,
+    /// One line for `data-storage plugins`.
+    pub description: &'static str,
+    /// `env!("CARGO_PKG_NAME")` of the registering crate, so a test can prove every crate
+    /// under connectors/ registers something.
+    pub crate_name: &'static str,
+    /// Validates the feed's options and builds the listener, without connecting.
+    pub build: fn(&FeedSpec) -> Result<Box<dyn Listener>, Vec<ConfigError>>,
+}
+
+/// A sink plugin.
+pub struct SinkPlugin {
+    /// The `plugin = "..."` value of a `[[sink]]`.
+    pub name: &'static str,
+    pub description: &'static str,
+    pub crate_name: &'static str,
+    /// Validates the sink's options and builds it, without connecting.
+    pub build: fn(&SinkSpec) -> Result<Box<dyn Sink>, Vec<ConfigError>>,
+}
+
+inventory::collect!(ConnectorPlugin);
+inventory::collect!(SinkPlugin);
+
+/// Every registered connector, sorted by name.
+pub fn connectors() -> Vec<&'static ConnectorPlugin> {
+    let mut v: Vec<_> = inventory::iter::<ConnectorPlugin>.into_iter().collect();
+    v.sort_by_key(|p| p.name);
+    v
+}
+
+/// Every registered sink, sorted by name.
+pub fn sinks() -> Vec<&'static SinkPlugin> {
+    let mut v: Vec<_> = inventory::iter::<SinkPlugin>.into_iter().collect();
+    v.sort_by_key(|p| p.name);
+    v
+}
+
+pub fn find_connector(name: &str) -> Option<&'static ConnectorPlugin> {
+    inventory::iter::<ConnectorPlugin>.into_iter().find(|p| p.name == name)
+}
+
+pub fn find_sink(name: &str) -> Option<&'static SinkPlugin> {
+    inventory::iter::<SinkPlugin>.into_iter().find(|p| p.name == name)
+}
