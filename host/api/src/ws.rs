@@ -107,25 +107,20 @@ pub struct WsSession<H: SessionHandler> {
     name: String,
     handler: H,
     cfg: SessionConfig,
-    events_tx: mpsc::Sender<H::Event>,
     events_rx: mpsc::Receiver<H::Event>,
     stats: Arc<FeedStats>,
 }
 
+/// The channel a handler uses to send events (REST results) back into its own session: create
+/// it first, give the sender to the handler, the receiver to [`WsSession::new`].
+pub fn event_channel<E>() -> (mpsc::Sender<E>, mpsc::Receiver<E>) {
+    mpsc::channel(1024)
+}
+
 impl<H: SessionHandler> WsSession<H> {
     /// `name` identifies the connection in logs (`binance-spot#0`).
-    pub fn new(name: String, handler: H, cfg: SessionConfig, stats: Arc<FeedStats>) -> Self {
-        let (events_tx, events_rx) = mpsc::channel(1024);
-        WsSession { name, handler, cfg, events_tx, events_rx, stats }
-    }
-
-    /// A sender for events the handler wants delivered back to itself.
-    pub fn events(&self) -> mpsc::Sender<H::Event> {
-        self.events_tx.clone()
-    }
-
-    pub fn handler_mut(&mut self) -> &mut H {
-        &mut self.handler
+    pub fn new(name: String, handler: H, cfg: SessionConfig, events_rx: mpsc::Receiver<H::Event>, stats: Arc<FeedStats>) -> Self {
+        WsSession { name, handler, cfg, events_rx, stats }
     }
 
     /// Connects, reads, reconnects, until `shutdown` fires. Returns the handler so the caller

@@ -1,0 +1,206 @@
+//! `DepthSession`: one websocket connection carrying the diff-depth streams of a group of
+//! symbols, with each symbol's [`BookSync`]. REST snapshots are fetched by spawned tasks and
+//! come back as session events, so the read loop never waits on REST (or on the sink).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use ds_api::buffer::PacketSender;
+use ds_api::stats::RateLimit;
+use ds_api::traits::Parser;
+use ds_api::ws::{Flow, SessionHandler, WsMessage};
+use ds_api::{async_trait, clock, DataPacket, FeedStats, Instrument, InvalidFrame, Shutdown};
+
+use crate::book_sync::{BookSync, HeldUpdate, SyncOutcome};
+use crate::parser::{DepthFrame, DepthParser, DepthSnapshot};
+use crate::rest::BinanceRest;
+
+/// Pause before asking again for a snapshot that did not line up or failed: the REST
+/// snapshot may lag the stream by a few updates, and hammering does not help.
+const RESNAPSHOT_DELAY: Duration = Duration::from_millis(500);
+
+/// A snapshot answer, tagged with the connection generation that asked for it.
+pub struct SnapshotReady {
+    book: usize,
+    generation: u64,
+    result: Result<DepthSnapshot, String>,
+}
+
+pub struct DepthSession {
+    feed: Arc<str>,
+    url: String,
+    books: Vec<BookSync>,
+    by_symbol: HashMap<Arc<str>, usize>,
+    pending: Vec<bool>,
+    /// Bumped on every disconnect: answers to requests of an older connection are ignored.
+    generation: u64,
+    out: PacketSender,
+    stats: Arc<FeedStats>,
+    rest: BinanceRest,
+    events: mpsc::Sender<SnapshotReady>,
+    shutdown: Shutdown,
+    invalid_log: RateLimit,
+    packets: Vec<DataPacket>,
+}
+
+impl DepthSession {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        feed: Arc<str>,
+        ws_url: &str,
+        symbols: &[String],
+        update_speed_ms: u32,
+        max_held: usize,
+        out: PacketSender,
+        stats: Arc<FeedStats>,
+        rest: BinanceRest,
+        shutdown: Shutdown,
+        events: mpsc::Sender<SnapshotReady>,
+    ) -> Self {
+        let suffix = if update_speed_ms == 100 { "@depth@100ms" } else { "@depth" };
+        let streams: Vec<String> = symbols.iter().map(|s| format!("{}{}", s.to_lowercase(), suffix)).collect();
+        let url = format!("{}/stream?streams={}", ws_url.trim_end_matches('/'), streams.join("/"));
+        let books: Vec<BookSync> = symbols
+            .iter()
+            .map(|s| BookSync::new(Instrument { exchange: "binance", market: "spot", symbol: Arc::from(s.to_uppercase()) }, max_held))
+            .collect();
+        let by_symbol = books.iter().enumerate().map(|(i, b)| (b.instrument().symbol.clone(), i)).collect();
+        let pending = vec![false; books.len()];
+        DepthSession {
+            feed,
+            url,
+            books,
+            by_symbol,
+            pending,
+            generation: 0,
+            out,
+            stats,
+            rest,
+            events,
+            shutdown,
+            invalid_log: RateLimit::default(),
+            packets: Vec::new(),
+        }
+    }
+
+    fn request_snapshot(&mut self, book: usize, delay: Duration) {
+        if self.pending[book] {
+            return;
+        }
+        let tx = self.events.clone();
+        self.pending[book] = true;
+        self.stats.resyncs.inc();
+        let rest = self.rest.clone();
+        let symbol = self.books[book].instrument().symbol.clone();
+        let generation = self.generation;
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let result = rest.depth_snapshot(&symbol, &shutdown).await.map_err(|e| e.to_string());
+            let _ = tx.send(SnapshotReady { book, generation, result }).await;
+        });
+    }
+
+    fn flush_packets(&mut self) {
+        for p in self.packets.drain(..) {
+            self.out.send(p);
+        }
+    }
+
+    fn invalid(&mut self, reason: String, raw: &str, recv_ns: i64) {
+        self.stats.invalid.inc();
+        if let Some(suppressed) = self.invalid_log.check() {
+            warn!(feed = %self.feed, suppressed, "invalid frame: {reason}");
+        }
+        self.stats.points.inc();
+        self.out.send(DataPacket::Invalid(InvalidFrame::new("binance", self.feed.clone(), reason, raw, clock::reserve(recv_ns, 1))));
+    }
+}
+
+#[async_trait]
+impl SessionHandler for DepthSession {
+    type Event = SnapshotReady;
+
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn on_open(&mut self, _ws: &mut ds_api::ws::WsStream) -> Result<(), String> {
+        // Streams are in the URL, so there is nothing to send; with the stream now open and
+        // buffering, each book fetches its snapshot (step 2 of the procedure).
+        for i in 0..self.books.len() {
+            self.request_snapshot(i, Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: WsMessage, recv_ns: i64, _outbox: &mut Vec<WsMessage>) -> Flow {
+        let text = match &frame {
+            WsMessage::Text(t) => t.as_str(),
+            WsMessage::Binary(b) => {
+                self.invalid("unexpected binary frame".into(), &String::from_utf8_lossy(b), recv_ns);
+                return Flow::Continue;
+            }
+            _ => return Flow::Continue,
+        };
+        let flow = match DepthParser.parse(text.as_bytes()) {
+            Ok(DepthFrame::Update(u)) => match self.by_symbol.get(u.symbol).copied() {
+                Some(i) => {
+                    let held = HeldUpdate::from_update(u, recv_ns);
+                    if self.books[i].on_update(held, &mut self.packets, &self.stats) == SyncOutcome::NeedSnapshot {
+                        self.request_snapshot(i, Duration::ZERO);
+                    }
+                    Flow::Continue
+                }
+                None => {
+                    let reason = format!("update for a symbol not subscribed here: {}", u.symbol);
+                    self.invalid(reason, text, recv_ns);
+                    Flow::Continue
+                }
+            },
+            Ok(DepthFrame::ServerShutdown) => {
+                self.stats.control.inc();
+                Flow::Reconnect("serverShutdown event".into())
+            }
+            Err(e) => {
+                self.invalid(e.to_string(), text, recv_ns);
+                Flow::Continue
+            }
+        };
+        self.flush_packets();
+        flow
+    }
+
+    fn on_event(&mut self, ev: SnapshotReady, _outbox: &mut Vec<WsMessage>) -> Flow {
+        if ev.generation != self.generation {
+            return Flow::Continue;
+        }
+        self.pending[ev.book] = false;
+        match ev.result {
+            Ok(snap) => {
+                if self.books[ev.book].on_snapshot(snap, &mut self.packets, &self.stats) == SyncOutcome::NeedSnapshot {
+                    self.request_snapshot(ev.book, RESNAPSHOT_DELAY);
+                }
+                self.flush_packets();
+            }
+            Err(e) => {
+                warn!(feed = %self.feed, symbol = %self.books[ev.book].instrument().symbol, error = %e, "snapshot request failed; will retry");
+                self.request_snapshot(ev.book, RESNAPSHOT_DELAY * 10);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_disconnect(&mut self, _reason: &str) {
+        self.generation += 1;
+        self.pending.iter_mut().for_each(|p| *p = false);
+        for b in &mut self.books {
+            b.on_disconnect(&mut self.packets, &self.stats);
+        }
+        self.flush_packets();
+    }
+}
