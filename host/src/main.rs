@@ -1,1 +1,63 @@
-fn main() {}
+//! `data-storage`: see the README for the configuration and the schema.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use data_storage::cli::{self, Cli, Command, EXIT_CONFIG};
+use data_storage::{config, logging, plugins, run};
+
+fn main() -> ExitCode {
+    plugins::link();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Plugins => cli::plugins(),
+        Command::Check => cli::check(&cli.config),
+        Command::Run => {
+            let config = match config::load(&cli.config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    cli::report_config_errors(&cli.config, &errors);
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let _log_guard = logging::init(&config.service);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async {
+                tracing::info!(config = %config.path.display(), feeds = config.feeds.len(), sinks = config.sinks.len(), "data-storage starting");
+                run::run(config, stop_signal()).await;
+            });
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,69 @@
+//! The command line: `run` (default), `check`, `plugins`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use ds_api::ConfigError;
+
+use crate::config;
+
+/// Exit code for an invalid configuration (contract 7).
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "data-storage", version, about = "Stores crypto exchange order books in InfluxDB (or line-protocol files).")]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = "exchanges.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the feeds (the default).
+    Run,
+    /// Validate the configuration without connecting anywhere; exit code 2 when invalid.
+    Check,
+    /// List the registered connector and sink plugins.
+    Plugins,
+}
+
+/// Prints every config error, one per line, to stderr.
+pub fn report_config_errors(path: &std::path::Path, errors: &[ConfigError]) {
+    eprintln!("error: {} has {} problem(s):", path.display(), errors.len());
+    for e in errors {
+        eprintln!("  - {e}");
+    }
+}
+
+pub fn plugins() -> ExitCode {
+    println!("connectors:");
+    for p in ds_api::plugin::connectors() {
+        println!("  {:<24} {:<22} {}", p.name, p.crate_name, p.description);
+    }
+    println!("sinks:");
+    for p in ds_api::plugin::sinks() {
+        println!("  {:<24} {:<22} {}", p.name, p.crate_name, p.description);
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            println!("{}: valid: {} feed(s) enabled, {} disabled, {} sink(s) in use", path.display(), c.feeds.len(), c.disabled_feeds.len(), c.sinks.len());
+            for f in &c.feeds {
+                println!("  feed {:<24} {:<24} -> sink {}", f.name, f.connector, f.sink);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            report_config_errors(path, &errors);
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! exchanges.toml: the operator's only file.
+//!
+//! ```toml
+//! [service]                       # optional; every key has a default
+//! log_level = "info"              # RUST_LOG wins when set
+//!
+//! [[feed]]
+//! name = "binance-spot"           # unique; names the feed in logs and errors
+//! connector = "binance_spot_depth"
+//! symbols = ["BTCUSDT"]           # or "all"
+//! sink = "files"
+//! ws_url = "wss://..."            # every other key belongs to the connector
+//!
+//! [[sink]]
+//! name = "files"
+//! plugin = "file"
+//! dir = "data"                    # every other key belongs to the sink (or its buffer)
+//! ```
+//!
+//! Loading collects every error before failing (contract 7): syntax, unknown keys, wrong
+//! types, unknown plugins, a feed pointing at a sink that does not exist, and each plugin's
+//! own option errors, each naming the feed or sink and the key. `${VAR}` in any string is
+//! replaced by the environment variable, so secrets stay out of the file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use ds_api::buffer::BufferConfig;
+use ds_api::plugin::{find_connector, find_sink};
+use ds_api::{ConfigError, FeedSpec, Listener, Sink, SinkSpec, Symbols};
+
+/// `[service]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServiceConfig {
+    /// Used when RUST_LOG is not set: `error`, `warn`, `info`, `debug`, `trace`, or a filter.
+    pub log_level: String,
+    /// Rolling log file directory (daily files `data-storage.log.YYYY-MM-DD`); "" disables it.
+    pub log_dir: String,
+    /// Seconds between two status lines; 0 disables them.
+    pub status_interval_secs: u64,
+    /// Where a buffer spills what its sink could not take before the stop deadline.
+    pub spill_dir: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig { log_level: "info".into(), log_dir: "logs".into(), status_interval_secs: 10, spill_dir: "data/spill".into() }
+    }
+}
+
+/// A validated feed, ready to run.
+pub struct Feed {
+    pub name: String,
+    pub connector: &'static str,
+    pub sink: String,
+    pub listener: Box<dyn Listener>,
+}
+
+/// A validated sink, ready to run.
+pub struct SinkEntry {
+    pub name: String,
+    pub plugin: &'static str,
+    pub sink: Box<dyn Sink>,
+    pub buffer: BufferConfig,
+}
+
+/// The whole validated configuration.
+pub struct Config {
+    pub path: PathBuf,
+    pub service: ServiceConfig,
+    pub feeds: Vec<Feed>,
+    /// Only the sinks some enabled feed writes to.
+    pub sinks: Vec<SinkEntry>,
+    /// Feeds present but `enabled = false`.
+    pub disabled_feeds: Vec<String>,
+}
+
+/// Reads and validates a config file; every problem is in the error list.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![ConfigError::new("config", "", format!("cannot read {}: {e}", path.display()))])?;
+    parse(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Parses config text; `env` looks up `${VAR}` (injected so tests need not touch the process
+/// environment).
+pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
+    let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        vec![ConfigError::new("config", "", format!("{} is not valid TOML: {}", path.display(), e.to_string().trim()))]
+    })?;
+    let mut errors = Vec::new();
+    expand_env_table(&mut root, "", env, &mut errors);
+
+    let service_table = match root.remove("service") {
+        None => toml::Table::new(),
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => {
+            errors.push(ConfigError::new("config", "service", "must be a table ([service])"));
+            toml::Table::new()
+        }
+    };
+    let service: ServiceConfig = ds_api::parse_options("[service]", &service_table).unwrap_or_else(|e| {
+        errors.extend(e);
+        ServiceConfig::default()
+    });
+    let feed_tables = take_array(&mut root, "feed", &mut errors);
+    let sink_tables = take_array(&mut root, "sink", &mut errors);
+    for key in root.keys() {
+        errors.push(ConfigError::new("config", key.as_str(), "unknown top-level key (expected [service], [[feed]], [[sink]])"));
+    }
+
+    // Sinks first, so feeds can be checked against their names.
+    let mut sink_defs: BTreeMap<String, (String, toml::Table)> = BTreeMap::new();
+    for (i, mut t) in sink_tables.into_iter().enumerate() {
+        let name = take_str(&mut t, "name", &format!("sink #{}", i + 1), &mut errors);
+        let Some(name) = name else { continue };
+        let scope = format!("sink \"{name}\"");
+        let plugin = take_str(&mut t, "plugin", &scope, &mut errors);
+        if sink_defs.contains_key(&name) {
+            errors.push(ConfigError::new(&scope, "name", "defined twice"));
+            continue;
+        }
+        if let Some(plugin) = plugin {
+            sink_defs.insert(name, (plugin, t));
+        }
+    }
+
+    let mut feeds = Vec::new();
+    let mut disabled_feeds = Vec::new();
+    let mut used_sinks = HashSet::new();
+    let mut feed_names = HashSet::new();
+    for (i, mut t) in feed_tables.into_iter().enumerate() {
+        let Some(name) = take_str(&mut t, "name", &format!("feed #{}", i + 1), &mut errors) else { continue };
+        let scope = format!("feed \"{name}\"");
+        if !feed_names.insert(name.clone()) {
+            errors.push(ConfigError::new(&scope, "name", "defined twice"));
+            continue;
+        }
+        let connector = take_str(&mut t, "connector", &scope, &mut errors);
+        let sink = take_str(&mut t, "sink", &scope, &mut errors);
+        let enabled = match t.remove("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(v) => {
+                errors.push(ConfigError::new(&scope, "enabled", format!("invalid type: {}, expected true or false", v.type_str())));
+                true
+            }
+        };
+        let symbols = match t.remove("symbols") {
+            None => {
+                errors.push(ConfigError::new(&scope, "symbols", "missing (a list of symbols, or \"all\")"));
+                None
+            }
+            Some(v) => match Symbols::deserialize(v) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    errors.push(ConfigError::new(&scope, "symbols", e.to_string().trim()));
+                    None
+                }
+            },
+        };
+        if let Some(sink) = &sink {
+            if !sink_defs.contains_key(sink) {
+                let known: Vec<_> = sink_defs.keys().collect();
+                errors.push(ConfigError::new(&scope, "sink", format!("no [[sink]] named \"{sink}\" (defined: {known:?})")));
+            }
+        }
+        let plugin = connector.as_deref().and_then(|c| match find_connector(c) {
+            Some(p) => Some(p),
+            None => {
+                let known: Vec<_> = ds_api::plugin::connectors().iter().map(|p| p.name).collect();
+                errors.push(ConfigError::new(&scope, "connector", format!("unknown connector \"{c}\" (registered: {known:?})")));
+                None
+            }
+        });
+        if !enabled {
+            disabled_feeds.push(name);
+            continue;
+        }
+        let (Some(plugin), Some(symbols), Some(sink)) = (plugin, symbols, sink) else { continue };
+        let spec = FeedSpec { name: name.clone(), symbols, options: t };
+        match (plugin.build)(&spec) {
+            Ok(listener) => {
+                used_sinks.insert(sink.clone());
+                feeds.push(Feed { name, connector: plugin.name, sink, listener });
+            }
+            Err(e) => errors.extend(e),
+        }
+    }
+
+    let mut sinks = Vec::new();
+    for (name, (plugin_name, mut t)) in sink_defs {
+        let scope = format!("sink \"{name}\"");
+        let buffer = buffer_config(&mut t, &scope, &service, &mut errors);
+        let Some(plugin) = find_sink(&plugin_name) else {
+            let known: Vec<_> = ds_api::plugin::sinks().iter().map(|p| p.name).collect();
+            errors.push(ConfigError::new(&scope, "plugin", format!("unknown sink plugin \"{plugin_name}\" (registered: {known:?})")));
+            continue;
+        };
+        // Every sink is validated, used or not; only used ones are kept.
+        match (plugin.build)(&SinkSpec { name: name.clone(), options: t }) {
+            Ok(sink) if used_sinks.contains(&name) => sinks.push(SinkEntry { name, plugin: plugin.name, sink, buffer }),
+            Ok(_) => {}
+            Err(e) => errors.extend(e),
+        }
+    }
+
+    if errors.is_empty() && feeds.is_empty() {
+        errors.push(ConfigError::new("config", "feed", "no enabled [[feed]]: nothing to do"));
+    }
+    if errors.is_empty() {
+        Ok(Config { path: path.to_path_buf(), service, feeds, sinks, disabled_feeds })
+    } else {
+        Err(errors)
+    }
+}
+
+/// The buffer keys of a `[[sink]]` (batch_points, flush_interval_ms, buffer_capacity,
+/// stop_deadline_secs) belong to the host; the rest of the table goes to the sink plugin.
+fn buffer_config(t: &mut toml::Table, scope: &str, service: &ServiceConfig, errors: &mut Vec<ConfigError>) -> BufferConfig {
+    let mut cfg = BufferConfig { spill_dir: PathBuf::from(&service.spill_dir), ..BufferConfig::default() };
+    let mut int = |key: &str, min: i64| -> Option<u64> {
+        match t.remove(key) {
+            None => None,
+            Some(toml::Value::Integer(n)) if n >= min => Some(n as u64),
+            Some(v) => {
+                errors.push(ConfigError::new(scope, key, format!("expected an integer >= {min}, got {v}")));
+                None
+            }
+        }
+    };
+    if let Some(n) = int("batch_points", 1) {
+        cfg.batch_points = n as usize;
+    }
+    if let Some(n) = int("flush_interval_ms", 10) {
+        cfg.flush_interval = Duration::from_millis(n);
+    }
+    if let Some(n) = int("buffer_capacity", 1) {
+        cfg.capacity = n as usize;
+    }
+    if let Some(n) = int("stop_deadline_secs", 0) {
+        cfg.stop_deadline = Duration::from_secs(n);
+    }
+    cfg
+}
+
+fn take_array(root: &mut toml::Table, key: &str, errors: &mut Vec<ConfigError>) -> Vec<toml::Table> {
+    match root.remove(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| match v {
+                toml::Value::Table(t) => Some(t),
+                _ => {
+                    errors.push(ConfigError::new("config", format!("{key}[{i}]"), format!("must be a table ([[{key}]])")));
+                    None
+                }
+            })
+            .collect(),
+        Some(_) => {
+            errors.push(ConfigError::new("config", key, format!("must be an array of tables ([[{key}]])")));
+            Vec::new()
+        }
+    }
+}
+
+fn take_str(t: &mut toml::Table, key: &str, scope: &str, errors: &mut Vec<ConfigError>) -> Option<String> {
+    match t.remove(key) {
+        Some(toml::Value::String(s)) if !s.is_empty() => Some(s),
+        Some(toml::Value::String(_)) => {
+            errors.push(ConfigError::new(scope, key, "must not be empty"));
+            None
+        }
+        Some(v) => {
+            errors.push(ConfigError::new(scope, key, format!("invalid type: {}, expected a string", v.type_str())));
+            None
+        }
+        None => {
+            errors.push(ConfigError::new(scope, key, "missing"));
+            None
+        }
+    }
+}
+
+/// Replaces `${VAR}` in every string; `$$` stands for a literal `$`.
+fn expand_env_table(t: &mut toml::Table, prefix: &str, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) {
+    for (k, v) in t.iter_mut() {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        expand_env_value(v, &path, env, errors);
+    }
+}
+
+fn expand_env_value(v: &mut toml::Value, path: &str, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) {
+    match v {
+        toml::Value::String(s) if s.contains('$') => match expand(s, env) {
+            Ok(x) => *s = x,
+            Err(var) => errors.push(ConfigError::new("config", path, format!("environment variable {var} is not set"))),
+        },
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                expand_env_value(x, &format!("{path}[{i}]"), env, errors);
+            }
+        }
+        toml::Value::Table(t) => expand_env_table(t, path, env, errors),
+        _ => {}
+    }
+}
+
+fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix('{') {
+            let Some(end) = r.find('}') else { return Err(format!("in {s:?}: unclosed ${{")) };
+            let var = &r[..end];
+            out.push_str(&env(var).ok_or_else(|| var.to_string())?);
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expansion() {
+        let env = |k: &str| (k == "TOKEN").then(|| "s3cret".to_string());
+        assert_eq!(expand("Token ${TOKEN}", &env).unwrap(), "Token s3cret");
+        assert_eq!(expand("cost $$5", &env).unwrap(), "cost $5");
+        assert_eq!(expand("${NOPE}", &env).unwrap_err(), "NOPE");
+    }
+}

@@ -1,0 +1,10 @@
+//! Every plugin crate, named once so the linker keeps its `inventory` registrations (a crate
+//! that nothing names registers nothing). Adding an exchange or a sink = one line here.
+
+extern crate connector_binance;
+extern crate sink_file;
+extern crate sink_influxdb;
+
+/// Called first thing by `main`, so this module (and with it the `extern crate` lines above)
+/// is part of every build of the binary.
+pub fn link() {}

@@ -1,0 +1,92 @@
+//! Wires listeners to buffers and runs them: the channel graph of design.md, and the clean
+//! stop of contract 6 (listeners stop, channels drain, every buffer flushes or spills).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use ds_api::buffer::{packet_channel, Buffer, PacketSender};
+use ds_api::{shutdown_pair, FeedContext, FeedStats, SinkStats};
+
+use crate::config::Config;
+use crate::status::{self, StatsRegistry, StatusLine};
+
+/// Listeners get this long to hand over their last packets after the stop signal.
+const LISTENER_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What a run did, for the caller (and tests).
+#[derive(Default)]
+pub struct RunReport {
+    pub stats: StatsRegistry,
+}
+
+/// Runs the configured feeds until `stop` resolves, then stops cleanly.
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
+    let (trigger, shutdown) = shutdown_pair();
+    let mut registry = StatsRegistry::default();
+
+    let mut senders: HashMap<String, PacketSender> = HashMap::new();
+    let mut buffers = JoinSet::new();
+    for entry in config.sinks {
+        let stats = Arc::new(SinkStats::default());
+        let (tx, rx) = packet_channel(&entry.name, entry.buffer.capacity, stats.clone());
+        let buffer = Buffer::new(&entry.name, entry.sink, entry.buffer, stats.clone(), rx);
+        info!(sink = %entry.name, plugin = entry.plugin, "sink ready");
+        buffers.spawn(buffer.run(shutdown.clone()));
+        senders.insert(entry.name.clone(), tx);
+        registry.sinks.push((entry.name, stats));
+    }
+
+    let mut listeners = JoinSet::new();
+    for feed in config.feeds {
+        let stats = Arc::new(FeedStats::default());
+        let out = senders.get(&feed.sink).expect("config checked that the sink exists").clone();
+        let ctx = FeedContext { feed: Arc::from(feed.name.as_str()), out, stats: stats.clone(), shutdown: shutdown.clone() };
+        info!(feed = %feed.name, connector = feed.connector, sink = %feed.sink, "feed starting");
+        let name = feed.name.clone();
+        let listener = feed.listener;
+        listeners.spawn(async move {
+            if let Err(e) = listener.listen(ctx).await {
+                error!(feed = %name, error = %e, "feed stopped with an error");
+            }
+        });
+        registry.feeds.push((feed.name, stats));
+    }
+    for name in &config.disabled_feeds {
+        info!(feed = %name, "feed disabled in config");
+    }
+    // Only listeners hold senders now: each buffer ends when its last listener does.
+    drop(senders);
+
+    let status_task = (config.service.status_interval_secs > 0)
+        .then(|| tokio::spawn(status::run(registry.clone(), Duration::from_secs(config.service.status_interval_secs))));
+
+    stop.await;
+    info!("stopping: closing connections, draining buffers");
+    trigger.trigger();
+
+    let grace = tokio::time::sleep(LISTENER_STOP_GRACE);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            r = listeners.join_next() => if r.is_none() { break },
+            _ = &mut grace => {
+                warn!(remaining = listeners.len(), "listeners did not stop in time; aborting them");
+                listeners.abort_all();
+                while listeners.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    while buffers.join_next().await.is_some() {}
+    if let Some(t) = status_task {
+        t.abort();
+    }
+    StatusLine::new(registry.clone()).log_totals();
+    info!("stopped cleanly");
+    RunReport { stats: registry }
+}
