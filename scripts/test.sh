@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command (README): installs and starts what the tests need (InfluxDB on 127.0.0.1,
+# see scripts/influxdb.sh), runs the whole suite against it, and stops what it started.
+#
+#   bash scripts/test.sh            # every test
+#   bash scripts/test.sh e2e        # extra arguments go to the test runner as a filter
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v curl >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
+fi
+# shellcheck source=scripts/influxdb.sh
+. scripts/influxdb.sh
+influxdb_start
+
+if [ ! -d ../shared/fixtures ]; then
+    echo "warning: ../shared/fixtures not found: fixture-based tests will skip (and fail under CI=true)" >&2
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast "$@"
+else
+    cargo test --workspace --no-fail-fast -- "$@"
+fi
