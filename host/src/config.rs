@@ -93,7 +93,6 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
         vec![ConfigError::new("config", "", format!("{} is not valid TOML: {}", path.display(), e.to_string().trim()))]
     })?;
     let mut errors = Vec::new();
-    expand_env_table(&mut root, "", env, &mut errors);
 
     let service_table = match root.remove("service") {
         None => toml::Table::new(),
@@ -103,12 +102,23 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
             toml::Table::new()
         }
     };
+    let mut service_table = service_table;
+    expand_env_table(&mut service_table, "", "[service]", env, &mut errors);
     let service: ServiceConfig = ds_api::parse_options("[service]", &service_table).unwrap_or_else(|e| {
         errors.extend(e);
         ServiceConfig::default()
     });
-    let feed_tables = take_array(&mut root, "feed", &mut errors);
-    let sink_tables = take_array(&mut root, "sink", &mut errors);
+    let mut feed_tables = take_array(&mut root, "feed", &mut errors);
+    let mut sink_tables = take_array(&mut root, "sink", &mut errors);
+    for (kind, tables) in [("feed", &mut feed_tables), ("sink", &mut sink_tables)] {
+        for (i, t) in tables.iter_mut().enumerate() {
+            let scope = match t.get("name").and_then(|v| v.as_str()) {
+                Some(name) => format!("{kind} \"{name}\""),
+                None => format!("{kind} #{}", i + 1),
+            };
+            expand_env_table(t, "", &scope, env, &mut errors);
+        }
+    }
     for key in root.keys() {
         errors.push(ConfigError::new("config", key.as_str(), "unknown top-level key (expected [service], [[feed]], [[sink]])"));
     }
@@ -288,25 +298,25 @@ fn take_str(t: &mut toml::Table, key: &str, scope: &str, errors: &mut Vec<Config
 }
 
 /// Replaces `${VAR}` in every string; `$$` stands for a literal `$`.
-fn expand_env_table(t: &mut toml::Table, prefix: &str, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) {
+fn expand_env_table(t: &mut toml::Table, prefix: &str, scope: &str, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) {
     for (k, v) in t.iter_mut() {
         let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        expand_env_value(v, &path, env, errors);
+        expand_env_value(v, &path, scope, env, errors);
     }
 }
 
-fn expand_env_value(v: &mut toml::Value, path: &str, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) {
+fn expand_env_value(v: &mut toml::Value, path: &str, scope: &str, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) {
     match v {
         toml::Value::String(s) if s.contains('$') => match expand(s, env) {
             Ok(x) => *s = x,
-            Err(var) => errors.push(ConfigError::new("config", path, format!("environment variable {var} is not set"))),
+            Err(var) => errors.push(ConfigError::new(scope, path, format!("environment variable {var} is not set"))),
         },
         toml::Value::Array(a) => {
             for (i, x) in a.iter_mut().enumerate() {
-                expand_env_value(x, &format!("{path}[{i}]"), env, errors);
+                expand_env_value(x, &format!("{path}[{i}]"), scope, env, errors);
             }
         }
-        toml::Value::Table(t) => expand_env_table(t, path, env, errors),
+        toml::Value::Table(t) => expand_env_table(t, path, scope, env, errors),
         _ => {}
     }
 }
