@@ -153,10 +153,11 @@ impl BookSync {
         SyncOutcome::Ok
     }
 
-    /// The connection dropped: whatever happens until the next snapshot is unknown.
-    pub fn on_disconnect(&mut self, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    /// The connection dropped (or the service stops, `reason` Shutdown): whatever happens
+    /// until the next snapshot is unknown, and the store says so.
+    pub fn on_disconnect(&mut self, reason: GapReason, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         if let State::Synced { last_u, .. } = self.state {
-            self.emit_gap(GapReason::Disconnect, Some(last_u), None, clock::now_ns(), out, stats);
+            self.emit_gap(reason, Some(last_u), None, clock::now_ns(), out, stats);
         }
         self.state = State::AwaitingSnapshot { held: VecDeque::new() };
     }
@@ -195,7 +196,11 @@ impl BookSync {
     fn emit_gap(&self, reason: GapReason, last_id: Option<u64>, next_id: Option<u64>, at_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         stats.gaps.inc();
         stats.points.inc();
-        tracing::warn!(exchange = self.instrument.exchange, symbol = %self.instrument.symbol, reason = reason.as_str(), ?last_id, ?next_id, "gap in order book updates; resyncing this symbol");
+        if reason == GapReason::Shutdown {
+            tracing::debug!(symbol = %self.instrument.symbol, "book closed at stop");
+        } else {
+            tracing::warn!(exchange = self.instrument.exchange, symbol = %self.instrument.symbol, reason = reason.as_str(), ?last_id, ?next_id, "gap in order book updates; resyncing this symbol");
+        }
         out.push(DataPacket::Gap(GapMarker { instrument: self.instrument.clone(), reason, last_id, next_id, recv_time_ns: clock::reserve(at_ns, 1) }));
     }
 }
@@ -292,7 +297,7 @@ mod tests {
         b.on_snapshot(snap(10), &mut out, &stats);
         b.on_update(upd(11, 12), &mut out, &stats);
         b.on_update(upd(11, 12), &mut out, &stats);
-        b.on_disconnect(&mut out, &stats);
+        b.on_disconnect(GapReason::Disconnect, &mut out, &stats);
         assert_eq!(kinds(&out), ["ST10", "MI11-12", "gap:disconnect"]);
         assert_eq!(stats.out_of_sequence.get(), 1);
         assert!(!b.is_synced());

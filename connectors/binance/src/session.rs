@@ -12,8 +12,8 @@ use tracing::warn;
 use ds_api::buffer::PacketSender;
 use ds_api::stats::RateLimit;
 use ds_api::traits::Parser;
-use ds_api::ws::{Flow, SessionHandler, WsMessage};
-use ds_api::{async_trait, clock, DataPacket, FeedStats, Instrument, InvalidFrame, Shutdown};
+use ds_api::ws::{Disconnect, Flow, SessionHandler, WsMessage};
+use ds_api::{async_trait, clock, DataPacket, FeedStats, GapReason, Instrument, InvalidFrame, Shutdown};
 
 use crate::book_sync::{BookSync, HeldUpdate, SyncOutcome};
 use crate::parser::{DepthFrame, DepthParser, DepthSnapshot};
@@ -195,11 +195,12 @@ impl SessionHandler for DepthSession {
         Flow::Continue
     }
 
-    fn on_disconnect(&mut self, _reason: &str) {
+    fn on_disconnect(&mut self, why: &Disconnect) {
         self.generation += 1;
         self.pending.iter_mut().for_each(|p| *p = false);
+        let reason = if *why == Disconnect::Shutdown { GapReason::Shutdown } else { GapReason::Disconnect };
         for b in &mut self.books {
-            b.on_disconnect(&mut self.packets, &self.stats);
+            b.on_disconnect(reason, &mut self.packets, &self.stats);
         }
         self.flush_packets();
     }

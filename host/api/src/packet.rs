@@ -94,6 +94,8 @@ pub enum GapReason {
     SnapshotMismatch,
     /// Too many updates buffered while waiting for a snapshot.
     BufferOverflow,
+    /// The service stopped: nothing is known about this book from here on.
+    Shutdown,
 }
 
 impl GapReason {
@@ -103,6 +105,7 @@ impl GapReason {
             GapReason::Disconnect => "disconnect",
             GapReason::SnapshotMismatch => "snapshot_mismatch",
             GapReason::BufferOverflow => "buffer_overflow",
+            GapReason::Shutdown => "shutdown",
         }
     }
 }

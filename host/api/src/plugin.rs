@@ -59,6 +59,7 @@ pub struct ConnectorPlugin {
     /// under connectors/ registers something.
     pub crate_name: &'static str,
     /// Validates the feed's options and builds the listener, without connecting.
+    #[allow(clippy::type_complexity)] // the signature reads best spelled out where plugins fill it in
     pub build: fn(&FeedSpec) -> Result<Box<dyn Listener>, Vec<ConfigError>>,
 }
 
@@ -69,6 +70,7 @@ pub struct SinkPlugin {
     pub description: &'static str,
     pub crate_name: &'static str,
     /// Validates the sink's options and builds it, without connecting.
+    #[allow(clippy::type_complexity)] // the signature reads best spelled out where plugins fill it in
     pub build: fn(&SinkSpec) -> Result<Box<dyn Sink>, Vec<ConfigError>>,
 }
 

@@ -93,7 +93,18 @@ pub trait SessionHandler: Send {
     }
 
     /// The connection ended; the handler marks gaps and plans its resync here.
-    fn on_disconnect(&mut self, reason: &str);
+    fn on_disconnect(&mut self, why: &Disconnect);
+}
+
+/// Why a connection ended, as told to [`SessionHandler::on_disconnect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The service is stopping.
+    Shutdown,
+    /// Subscribing failed on a fresh connection.
+    SubscribeFailed(String),
+    /// Closed, errored, went stale, or the handler asked to reconnect.
+    Lost(String),
 }
 
 /// Why a connection ended.
@@ -153,7 +164,7 @@ impl<H: SessionHandler> WsSession<H> {
             };
             if let Err(e) = self.handler.on_open(&mut ws).await {
                 let _ = ws.close(None).await;
-                self.handler.on_disconnect(&e);
+                self.handler.on_disconnect(&Disconnect::SubscribeFailed(e.clone()));
                 self.wait_backoff(&mut shutdown, &url, &format!("subscribe failed: {e}")).await;
                 continue;
             }
@@ -165,12 +176,12 @@ impl<H: SessionHandler> WsSession<H> {
             match ended {
                 Ended::Shutdown => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                    self.handler.on_disconnect("shutdown");
+                    self.handler.on_disconnect(&Disconnect::Shutdown);
                     return self.handler;
                 }
                 Ended::Lost(reason) => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                    self.handler.on_disconnect(&reason);
+                    self.handler.on_disconnect(&Disconnect::Lost(reason.clone()));
                     if opened.elapsed() >= STABLE_AFTER {
                         self.cfg.backoff.reset();
                     }
