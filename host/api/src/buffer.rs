@@ -178,9 +178,14 @@ impl Buffer {
                     self.stats.bytes_written.add(self.lines.len() as u64);
                     break;
                 }
-                Err(DBError::Rejected { reason }) => {
-                    // The sink quarantined the batch (and counted it); nothing to keep.
-                    warn!(sink = %self.name, points, %reason, "batch rejected and quarantined");
+                Err(DBError::Rejected { reason, quarantined }) => {
+                    // The refused points are in the sink's quarantine file, the others stored.
+                    let quarantined = quarantined.min(points);
+                    self.stats.points_quarantined.add(quarantined as u64);
+                    self.stats.points_written.add((points - quarantined) as u64);
+                    self.stats.batches_written.inc();
+                    self.stats.bytes_written.add(self.lines.len() as u64);
+                    warn!(sink = %self.name, points, quarantined, %reason, "points refused by the sink and quarantined");
                     break;
                 }
                 Err(e) => {
@@ -233,4 +238,102 @@ impl Buffer {
 
 fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{GapMarker, GapReason, Instrument};
+    use crate::plugin::Sink;
+    use crate::shutdown_pair;
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+
+    /// Answers from a script, records what it was given.
+    struct ScriptedSink {
+        answers: Vec<Result<(), DBError>>,
+        writes: Arc<Mutex<Vec<(usize, String)>>>,
+    }
+
+    #[async_trait]
+    impl Sink for ScriptedSink {
+        async fn write(&mut self, lines: &[u8], points: usize) -> Result<(), DBError> {
+            self.writes.lock().unwrap().push((points, String::from_utf8_lossy(lines).into_owned()));
+            if self.answers.is_empty() {
+                Ok(())
+            } else {
+                self.answers.remove(0)
+            }
+        }
+    }
+
+    fn gap(n: i64) -> DataPacket {
+        DataPacket::Gap(GapMarker {
+            instrument: Instrument { exchange: "x", market: "spot", symbol: Arc::from("S") },
+            reason: GapReason::SequenceBreak,
+            last_id: None,
+            next_id: None,
+            recv_time_ns: n,
+        })
+    }
+
+    async fn run_with(answers: Vec<Result<(), DBError>>, packets: usize, cfg: BufferConfig) -> (Arc<SinkStats>, Vec<(usize, String)>) {
+        let stats = Arc::new(SinkStats::default());
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = packet_channel("t", cfg.capacity, stats.clone());
+        let buffer = Buffer::new("t", Box::new(ScriptedSink { answers, writes: writes.clone() }), cfg, stats.clone(), rx);
+        let (trigger, shutdown) = shutdown_pair();
+        let task = tokio::spawn(buffer.run(shutdown));
+        for i in 0..packets {
+            assert!(tx.send(gap(i as i64 + 1)));
+        }
+        trigger.trigger();
+        drop(tx);
+        task.await.unwrap();
+        let w = writes.lock().unwrap().clone();
+        (stats, w)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_rejection_counts_quarantined_and_written_points() {
+        let (stats, writes) = run_with(vec![Err(DBError::Rejected { reason: "bad line".into(), quarantined: 1 })], 3, BufferConfig::default()).await;
+        assert_eq!(writes.len(), 1, "a rejected batch is not retried");
+        assert_eq!(stats.points_quarantined.get(), 1);
+        assert_eq!(stats.points_written.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn temporary_failures_are_retried_until_written() {
+        let busy = || Err(DBError::Retryable { reason: "503".into(), retry_after: None });
+        let (stats, writes) = run_with(vec![busy(), busy()], 4, BufferConfig::default()).await;
+        assert_eq!(writes.len(), 3);
+        assert_eq!(writes[2].0, 4);
+        assert_eq!(stats.points_written.get(), 4);
+        assert_eq!(stats.retries.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_still_down_at_the_stop_deadline_spills_to_a_file() {
+        let dir = std::env::temp_dir().join(format!("ds-spill-test-{}", std::process::id()));
+        let down = (0..1000).map(|_| Err(DBError::Retryable { reason: "down".into(), retry_after: None })).collect();
+        let cfg = BufferConfig { spill_dir: dir.clone(), stop_deadline: Duration::from_secs(5), ..BufferConfig::default() };
+        let (stats, _) = run_with(down, 5, cfg).await;
+        assert_eq!(stats.points_spilled.get(), 5);
+        assert_eq!(stats.points_written.get(), 0);
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1);
+        let text = std::fs::read_to_string(files[0].path()).unwrap();
+        assert_eq!(text.lines().filter(|l| l.starts_with("book_gap,")).count(), 5);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_and_counts_instead_of_waiting() {
+        let stats = Arc::new(SinkStats::default());
+        let (tx, _rx) = packet_channel("t", 2, stats.clone());
+        assert!(tx.send(gap(1)));
+        assert!(tx.send(gap(2)));
+        assert!(!tx.send(gap(3)), "third packet does not fit");
+        assert_eq!(stats.points_dropped.get(), 1);
+    }
 }

@@ -35,9 +35,11 @@ pub enum DBError {
     /// Worth trying again later (network, 429, 5xx); `retry_after` when the server said so.
     #[error("temporary failure: {reason}")]
     Retryable { reason: String, retry_after: Option<Duration> },
-    /// The server refused the data itself (4xx). The sink has already quarantined it.
+    /// The server refused some or all of the data itself (4xx). The sink has already
+    /// quarantined the `quarantined` refused points; the rest of the batch is stored (InfluxDB
+    /// 1.x "partial write"), so the batch must not be retried.
     #[error("rejected by the sink: {reason}")]
-    Rejected { reason: String },
+    Rejected { reason: String, quarantined: usize },
     /// Credentials refused (401/403): data kept, operator must act.
     #[error("authentication refused: {reason}")]
     Auth { reason: String },

@@ -1,0 +1,125 @@
+//! One HTTP write request: the body (optionally gzip), authentication, the retrying client.
+
+use std::io::Write;
+use std::time::Duration;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, LOCATION};
+use reqwest::{StatusCode, Url};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+
+use crate::config::{Auth, InfluxConfig};
+use crate::retry::{self, RetryAfterMiddleware};
+
+/// The final answer to a write request, after the middleware's retries.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    /// `Location` of a redirect, which is not followed.
+    pub location: Option<String>,
+    pub body: String,
+}
+
+/// Posts line protocol to the configured write endpoint.
+pub struct Writer {
+    client: ClientWithMiddleware,
+    url: Url,
+    auth: Auth,
+    /// `Token <token>`, built once and marked sensitive so no HTTP-level debug output shows it
+    /// (reqwest marks its basic-auth header the same way).
+    token_header: Option<HeaderValue>,
+    gzip: bool,
+}
+
+impl Writer {
+    /// Builds the client. No connection is made here (`build` runs offline).
+    pub fn new(cfg: &InfluxConfig) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("data-storage/", env!("CARGO_PKG_VERSION")))
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            // A redirected POST would turn into a GET (or lose its body); a redirect means
+            // the url is wrong, and the refusal names where the server points.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = ClientBuilder::new(http).with(RetryAfterMiddleware::new(cfg.retry)).build();
+        let token_header = match &cfg.auth {
+            Auth::Token(t) => {
+                let mut v = HeaderValue::from_str(&format!("Token {}", t.expose()))
+                    .map_err(|_| "the token contains characters not allowed in an HTTP header".to_string())?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            _ => None,
+        };
+        Ok(Writer { client, url: cfg.write_url.clone(), auth: cfg.auth.clone(), token_header, gzip: cfg.gzip })
+    }
+
+    /// The write URL; it carries no secret, so it may be logged.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Sends `lines` (one point each, without their newlines) and returns the final status and
+    /// body. `Err` only when no response came back at all, after the middleware's retries.
+    pub async fn post(&self, lines: &[&[u8]]) -> Result<Reply, reqwest_middleware::Error> {
+        let mut req = self.client.post(self.url.clone()).header(CONTENT_TYPE, "text/plain; charset=utf-8");
+        if let Auth::Basic { username, password } = &self.auth {
+            req = req.basic_auth(username, Some(password.expose()));
+        }
+        if let Some(token) = &self.token_header {
+            req = req.header(AUTHORIZATION, token.clone());
+        }
+        if self.gzip {
+            req = req.header(CONTENT_ENCODING, "gzip");
+        }
+        let resp = req.body(body(lines, self.gzip)).send().await?;
+        let status = resp.status();
+        let retry_after = retry::retry_after(resp.headers());
+        let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        // A failed body read still leaves the status, which is what decides.
+        let body = if status.is_success() { String::new() } else { resp.text().await.unwrap_or_default() };
+        Ok(Reply { status, retry_after, location, body })
+    }
+}
+
+/// The request body: the lines, newline-terminated, gzip-compressed when asked. Compression
+/// level "fast": line protocol is repetitive (same series keys over and over), so even the
+/// fastest level shrinks it several times, at a fraction of the default level's CPU.
+pub fn body(lines: &[&[u8]], gzip: bool) -> Vec<u8> {
+    let len: usize = lines.iter().map(|l| l.len() + 1).sum();
+    if !gzip {
+        let mut out = Vec::with_capacity(len);
+        for l in lines {
+            out.extend_from_slice(l);
+            out.push(b'\n');
+        }
+        return out;
+    }
+    let mut enc = GzEncoder::new(Vec::with_capacity(len / 4 + 64), Compression::fast());
+    for l in lines {
+        // Writing to a Vec cannot fail.
+        let _ = enc.write_all(l);
+        let _ = enc.write_all(b"\n");
+    }
+    enc.finish().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn gzip_body_round_trips() {
+        let lines: [&[u8]; 2] = [b"m x=1 1", b"m,t=a x=2 2"];
+        assert_eq!(body(&lines, false), b"m x=1 1\nm,t=a x=2 2\n");
+        let z = body(&lines, true);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&z[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"m x=1 1\nm,t=a x=2 2\n");
+    }
+}
