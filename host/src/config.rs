@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use ds_api::buffer::BufferConfig;
+use ds_api::spool::SpoolFull;
 use ds_api::plugin::{find_connector, find_sink};
 use ds_api::{ConfigError, FeedSpec, Listener, Sink, SinkSpec, Symbols};
 
@@ -42,13 +43,15 @@ pub struct ServiceConfig {
     pub log_dir: String,
     /// Seconds between two status lines; 0 disables them.
     pub status_interval_secs: u64,
-    /// Where a buffer spills what its sink could not take before the stop deadline.
-    pub spill_dir: String,
+    /// Each sink's on-disk spool goes to `<spool_dir>/<sink name>`: batches the sink could not
+    /// take yet (down, slow, or at stop), written to it in order when it is back, kept across
+    /// restarts.
+    pub spool_dir: String,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { log_level: "info".into(), log_dir: "logs".into(), status_interval_secs: 10, spill_dir: "data/spill".into() }
+        ServiceConfig { log_level: "info".into(), log_dir: "logs".into(), status_interval_secs: 10, spool_dir: "data/spool".into() }
     }
 }
 
@@ -205,7 +208,7 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
     let mut sinks = Vec::new();
     for (name, (plugin_name, mut t)) in sink_defs {
         let scope = format!("sink \"{name}\"");
-        let buffer = buffer_config(&mut t, &scope, &service, &mut errors);
+        let buffer = buffer_config(&name, &mut t, &scope, &service, &mut errors);
         let Some(plugin) = find_sink(&plugin_name) else {
             let known: Vec<_> = ds_api::plugin::sinks().iter().map(|p| p.name).collect();
             errors.push(ConfigError::new(&scope, "plugin", format!("unknown sink plugin \"{plugin_name}\" (registered: {known:?})")));
@@ -230,9 +233,17 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
 }
 
 /// The buffer keys of a `[[sink]]` (batch_points, flush_interval_ms, buffer_capacity,
-/// stop_deadline_secs) belong to the host; the rest of the table goes to the sink plugin.
-fn buffer_config(t: &mut toml::Table, scope: &str, service: &ServiceConfig, errors: &mut Vec<ConfigError>) -> BufferConfig {
-    let mut cfg = BufferConfig { spill_dir: PathBuf::from(&service.spill_dir), ..BufferConfig::default() };
+/// stop_deadline_secs, memory_batches, spool_max_bytes, spool_full) belong to the host; the
+/// rest of the table goes to the sink plugin.
+fn buffer_config(name: &str, t: &mut toml::Table, scope: &str, service: &ServiceConfig, errors: &mut Vec<ConfigError>) -> BufferConfig {
+    let spool_dir = PathBuf::from(&service.spool_dir).join(sanitize(name));
+    let mut cfg = BufferConfig { spool_dir, ..BufferConfig::default() };
+    match t.remove("spool_full") {
+        None => {}
+        Some(toml::Value::String(v)) if v == "drop_oldest" => cfg.spool_full = SpoolFull::DropOldest,
+        Some(toml::Value::String(v)) if v == "drop_newest" => cfg.spool_full = SpoolFull::DropNewest,
+        Some(v) => errors.push(ConfigError::new(scope, "spool_full", format!("expected \"drop_oldest\" or \"drop_newest\", got {v}"))),
+    }
     let mut int = |key: &str, min: i64| -> Option<u64> {
         match t.remove(key) {
             None => None,
@@ -255,7 +266,18 @@ fn buffer_config(t: &mut toml::Table, scope: &str, service: &ServiceConfig, erro
     if let Some(n) = int("stop_deadline_secs", 0) {
         cfg.stop_deadline = Duration::from_secs(n);
     }
+    if let Some(n) = int("memory_batches", 1) {
+        cfg.memory_batches = n as usize;
+    }
+    if let Some(n) = int("spool_max_bytes", 1) {
+        cfg.spool_max_bytes = n;
+    }
     cfg
+}
+
+/// A sink name made safe as a directory name.
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 fn take_array(root: &mut toml::Table, key: &str, errors: &mut Vec<ConfigError>) -> Vec<toml::Table> {

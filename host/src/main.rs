@@ -29,11 +29,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(async {
+            let report = runtime.block_on(async {
                 tracing::info!(config = %config.path.display(), feeds = config.feeds.len(), sinks = config.sinks.len(), "data-storage starting");
-                run::run(config, stop_signal()).await;
+                run::run(config, stop_signal()).await
             });
-            ExitCode::SUCCESS
+            if report.failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
 }

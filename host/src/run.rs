@@ -22,6 +22,8 @@ const LISTENER_STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct RunReport {
     pub stats: StatsRegistry,
+    /// The run could not start (e.g. a spool directory could not be opened).
+    pub failed: bool,
 }
 
 /// Runs the configured feeds until `stop` resolves, then stops cleanly.
@@ -34,8 +36,14 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
     for entry in config.sinks {
         let stats = Arc::new(SinkStats::default());
         let (tx, rx) = packet_channel(&entry.name, entry.buffer.capacity, stats.clone());
-        let buffer = Buffer::new(&entry.name, entry.sink, entry.buffer, stats.clone(), rx);
-        info!(sink = %entry.name, plugin = entry.plugin, "sink ready");
+        let buffer = match Buffer::new(&entry.name, entry.sink, entry.buffer.clone(), stats.clone(), rx) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(sink = %entry.name, dir = %entry.buffer.spool_dir.display(), error = %e, "cannot open the spool directory; not starting");
+                return RunReport { stats: registry, failed: true };
+            }
+        };
+        info!(sink = %entry.name, plugin = entry.plugin, spool = %entry.buffer.spool_dir.display(), "sink ready");
         buffers.spawn(buffer.run(shutdown.clone()));
         senders.insert(entry.name.clone(), tx);
         registry.sinks.push((entry.name, stats));
@@ -88,5 +96,5 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
     }
     StatusLine::new(registry.clone()).log_totals();
     info!("stopped cleanly");
-    RunReport { stats: registry }
+    RunReport { stats: registry, failed: false }
 }

@@ -51,13 +51,14 @@ impl StatusLine {
         for ((name, s), prev) in self.registry.sinks.iter().zip(self.sink_prev.iter_mut()) {
             let written = s.points_written.get();
             info!(
-                "status sink {name}: {:.1} points/s written, total {}, retries {}, quarantined {}, dropped {}, spilled {}",
+                "status sink {name}: {:.1} points/s written, total {}, retries {}, quarantined {}, dropped {}, in spool {} points / {} bytes",
                 (written - *prev) as f64 / secs,
                 written,
                 s.retries.get(),
                 s.points_quarantined.get(),
                 s.points_dropped.get(),
-                s.points_spilled.get(),
+                s.spool_points.get(),
+                s.spool_bytes.get(),
             );
             *prev = written;
         }
@@ -76,9 +77,9 @@ impl StatusLine {
         }
         for (name, s) in &self.registry.sinks {
             info!(
-                "totals sink {name}: points written {}, batches {}, bytes {}, retries {}, quarantined {}, dropped {}, spilled {}",
-                s.points_written.get(), s.batches_written.get(), s.bytes_written.get(), s.retries.get(),
-                s.points_quarantined.get(), s.points_dropped.get(), s.points_spilled.get(),
+                "totals sink {name}: points written {}, batches {}, retries {}, quarantined {}, dropped {}, spooled {}, left in spool {}",
+                s.points_written.get(), s.batches_written.get(), s.retries.get(),
+                s.points_quarantined.get(), s.points_dropped.get(), s.points_spooled.get(), s.spool_points.get(),
             );
         }
     }

@@ -717,7 +717,7 @@ mod tests {
         })
         .await;
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(300))
+            .timeout(Duration::from_secs(2))
             .build()
             .expect("client");
         let err = client

@@ -2,8 +2,11 @@
 //! one instance per symbol. Pure state machine (no I/O), so every branch is unit-tested.
 //!
 //! The documented procedure (protocols.md §1, verified on the fixtures):
-//! 1. buffer events from the stream; 2. fetch a REST snapshot; 3. drop buffered events with
-//! `u <= lastUpdateId`; 4. the first applied event must straddle: `U <= lastUpdateId+1 <= u`;
+//!
+//! 1. buffer events from the stream;
+//! 2. fetch a REST snapshot;
+//! 3. drop buffered events with `u <= lastUpdateId`;
+//! 4. the first applied event must straddle: `U <= lastUpdateId+1 <= u`;
 //! 5. every later event must have `U == previous u + 1`, otherwise resync from 2.
 //!
 //! What this stores: the snapshot (ST) at each (re)sync, every applied event (MI), and a gap

@@ -1,23 +1,35 @@
-//! The seed's Buffer: packets in, batches of line protocol out, one per sink.
+//! The seed's Buffer: packets in, batches of line protocol out, one per sink, with a bounded
+//! on-disk spool behind it so that neither a slow nor an absent sink loses data or stalls a
+//! websocket read loop (contract 5).
+//!
+//! ```text
+//! listeners --try_send--> channel --encoder--> memory queue --writer--> sink
+//!                          (bounded)      \                  /
+//!                                          +--> spool (disk) +
+//! ```
 //!
 //! Improvements on the seed, and why:
-//! - listeners hand packets over with `try_send` on a bounded channel, so a slow or absent
-//!   sink can never stall a websocket read loop (contract 5). When the channel is full the
-//!   packet is dropped and counted (`points_dropped`) with a rate-limited error line: that is
-//!   the documented policy until the on-disk spool (issue 5) takes this role;
-//! - a batch is written when it is full *and* on a flush interval, so a quiet feed still
-//!   reaches the store within `flush_interval`;
-//! - encoding happens here, off the read loop, straight into one byte buffer (no String per
-//!   line);
-//! - a batch the sink cannot take now is kept and retried with backoff; at stop, what still
-//!   cannot be written goes to a spill file next to the data, not to the floor (contract 6).
+//! - listeners hand packets over with `try_send` on a bounded channel, so a read loop never
+//!   waits; the encoder drains that channel continuously whatever the sink does;
+//! - a batch is cut when it is full *and* on a flush interval, so a quiet feed still reaches the
+//!   store within `flush_interval`; encoding goes straight into one byte buffer;
+//! - while the sink keeps up, batches pass through a small memory queue; as soon as a write
+//!   fails (or the queue is full) batches go to the on-disk [`Spool`] instead, in order, and
+//!   the writer drains the spool once the sink is back. The spool survives a restart (kill -9
+//!   included): on a crash during an outage only the packets not yet cut into a batch (at most
+//!   one `flush_interval`) and the channel's content are lost, since every spooled batch is
+//!   fsynced before it counts;
+//! - when the spool is full, the configured [`SpoolFull`] policy drops the oldest or the newest
+//!   data, every dropped point counted (`points_dropped`) and logged;
+//! - at stop, the writer keeps going until the stop deadline, then leaves what remains in the
+//!   spool for the next start: nothing goes to the floor (contract 6).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
@@ -26,17 +38,23 @@ use crate::line_protocol::LineProtocol;
 use crate::packet::DataPacket;
 use crate::plugin::Sink;
 use crate::shutdown::Shutdown;
+use crate::spool::{Pushed, Spool, SpoolFull};
 use crate::stats::{RateLimit, SinkStats};
 
 /// Points per write: InfluxDB's own guidance is 5,000-10,000 lines per request.
 pub const DEFAULT_BATCH_POINTS: usize = 5_000;
-/// Longest a point waits in memory before a write is attempted.
+/// Longest a point waits in memory before it is cut into a batch.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// Packets the channel holds: about a minute of a busy feed's frames at 100 ms per symbol for
-/// ~100 symbols, while the sink retries.
-pub const DEFAULT_CAPACITY: usize = 65_536;
-/// How long the stop waits for a failing sink before spilling to disk.
+/// Packets the channel holds while the encoder is busy (a spool fsync, say): a few seconds of
+/// the whole market's frames, a few MB.
+pub const DEFAULT_CAPACITY: usize = 16_384;
+/// How long the stop keeps writing to the sink before leaving the rest in the spool.
 pub const DEFAULT_STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// Batches kept in memory while the sink keeps up: enough to smooth a slow write, small enough
+/// that little is at risk on a crash.
+pub const DEFAULT_MEMORY_BATCHES: usize = 4;
+/// Disk the spool of one sink may use: about an hour of the whole market at full depth.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct BufferConfig {
@@ -44,8 +62,11 @@ pub struct BufferConfig {
     pub flush_interval: Duration,
     pub capacity: usize,
     pub stop_deadline: Duration,
-    /// Where a batch goes when the sink cannot take it before the stop deadline.
-    pub spill_dir: PathBuf,
+    pub memory_batches: usize,
+    /// This sink's spool directory (the host uses `<service.spool_dir>/<sink name>`).
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub spool_full: SpoolFull,
 }
 
 impl Default for BufferConfig {
@@ -55,7 +76,10 @@ impl Default for BufferConfig {
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             capacity: DEFAULT_CAPACITY,
             stop_deadline: DEFAULT_STOP_DEADLINE,
-            spill_dir: PathBuf::from("data/spill"),
+            memory_batches: DEFAULT_MEMORY_BATCHES,
+            spool_dir: PathBuf::from("data/spool/default"),
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            spool_full: SpoolFull::DropOldest,
         }
     }
 }
@@ -71,7 +95,7 @@ pub struct PacketSender {
 
 impl PacketSender {
     /// Hands a packet to the sink's buffer. Returns false (and counts the points as dropped)
-    /// when the buffer is full or gone.
+    /// when the channel is full (the encoder cannot keep up, e.g. the spool disk stalls).
     pub fn send(&self, packet: DataPacket) -> bool {
         let points = packet.point_count() as u64;
         match self.tx.try_send(packet) {
@@ -80,7 +104,7 @@ impl PacketSender {
                 self.stats.points_dropped.add(points);
                 if let Some(suppressed) = self.full_log.check() {
                     let why = match e {
-                        mpsc::error::TrySendError::Full(_) => "buffer full (sink too slow or down)",
+                        mpsc::error::TrySendError::Full(_) => "buffer channel full (encoder or spool disk too slow)",
                         mpsc::error::TrySendError::Closed(_) => "buffer closed",
                     };
                     error!(sink = %self.sink, points, suppressed, total_dropped = self.stats.points_dropped.get(), "dropped packet: {why}");
@@ -97,147 +121,368 @@ pub fn packet_channel(sink: &str, capacity: usize, stats: Arc<SinkStats>) -> (Pa
     (PacketSender { tx, sink: Arc::from(sink), stats, full_log: Arc::new(RateLimit::default()) }, rx)
 }
 
-/// One sink's batching loop.
+/// A batch of line protocol.
+#[derive(Debug)]
+struct Batch {
+    lines: Vec<u8>,
+    points: usize,
+}
+
+/// State shared by the encoder and the writer. Invariant: every batch in `queue` is older
+/// than every batch in `spool`, so the writer takes the queue first.
+struct Shared {
+    queue: VecDeque<Batch>,
+    spool: Spool,
+    /// False from a failed write until the next successful one: then new batches go to disk.
+    healthy: bool,
+    /// The encoder has handed over its last batch.
+    closed: bool,
+}
+
+/// One sink's buffer: an encoder (this task) and a writer task.
 pub struct Buffer {
     name: Arc<str>,
     sink: Box<dyn Sink>,
     cfg: BufferConfig,
     stats: Arc<SinkStats>,
     rx: mpsc::Receiver<DataPacket>,
-    lines: Vec<u8>,
-    points: usize,
+    spool: Spool,
+}
+
+struct Handle {
+    name: Arc<str>,
+    shared: Arc<Mutex<Shared>>,
+    wake: Arc<Notify>,
+    stats: Arc<SinkStats>,
+    memory_batches: usize,
+    drop_log: Arc<RateLimit>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Handle {
+    /// Runs `f` on the shared state on a blocking thread (spool I/O must not stall the runtime).
+    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Shared, &SinkStats, &str) -> T + Send + 'static) -> T {
+        let shared = self.shared.clone();
+        let stats = self.stats.clone();
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&shared), &stats, &name)).await.expect("buffer state task panicked")
+    }
+
+    fn account(stats: &SinkStats, spool: &Spool) {
+        stats.spool_points.set(spool.points() as i64);
+        stats.spool_bytes.set(spool.bytes() as i64);
+    }
+
+    fn log_drop(&self, name: &str, pushed: &Pushed, policy_newest: bool) {
+        if pushed.dropped_points > 0 {
+            if let Some(suppressed) = self.drop_log.check() {
+                let which = if policy_newest { "the newest batch" } else { "the oldest spooled batches" };
+                error!(sink = name, points = pushed.dropped_points, batches = pushed.dropped_batches, suppressed, total_dropped = self.stats.points_dropped.get(), "spool full: dropped {which}");
+            }
+        }
+    }
+
+    /// Encoder side: a new batch goes to memory while the sink keeps up, else to the spool.
+    async fn hand_off(&self, batch: Batch) {
+        let memory_batches = self.memory_batches;
+        let pushed = self
+            .with(move |s, stats, name| {
+                if s.healthy && s.spool.is_empty() && s.queue.len() < memory_batches {
+                    s.queue.push_back(batch);
+                    return None;
+                }
+                let r = spool_push(s, stats, name, batch, false);
+                Handle::account(stats, &s.spool);
+                r
+            })
+            .await;
+        if let Some((pushed, newest)) = pushed {
+            self.log_drop(&self.name, &pushed, newest);
+        }
+        self.wake.notify_one();
+    }
+}
+
+/// Puts a batch into the spool (back, or front when it is older than everything there);
+/// counts spooled and dropped points. Returns what the policy did and whether it refused
+/// the new batch itself.
+fn spool_push(s: &mut Shared, stats: &SinkStats, name: &str, batch: Batch, front: bool) -> Option<(Pushed, bool)> {
+    let res = if front { s.spool.push_front(&batch.lines, batch.points) } else { s.spool.push_back(&batch.lines, batch.points) };
+    match res {
+        Ok(p) => {
+            if p.stored {
+                stats.points_spooled.add(batch.points as u64);
+            }
+            stats.points_dropped.add(p.dropped_points as u64);
+            let newest = !p.stored;
+            Some((p, newest))
+        }
+        Err(e) => {
+            stats.points_dropped.add(batch.points as u64);
+            error!(sink = name, points = batch.points, dir = %s.spool.dir().display(), error = %e, "cannot write to the spool; batch lost");
+            None
+        }
+    }
+}
+
+/// Where the writer's current batch came from.
+enum Source {
+    Memory,
+    Spool,
 }
 
 impl Buffer {
-    pub fn new(name: &str, sink: Box<dyn Sink>, cfg: BufferConfig, stats: Arc<SinkStats>, rx: mpsc::Receiver<DataPacket>) -> Self {
-        Buffer { name: Arc::from(name), sink, cfg, stats, rx, lines: Vec::with_capacity(1 << 20), points: 0 }
+    /// Opens the sink's spool (taking over batches a previous run left there).
+    pub fn new(name: &str, sink: Box<dyn Sink>, cfg: BufferConfig, stats: Arc<SinkStats>, rx: mpsc::Receiver<DataPacket>) -> std::io::Result<Self> {
+        let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_full)?;
+        if !spool.is_empty() {
+            info!(sink = name, points = spool.points(), batches = spool.len(), dir = %cfg.spool_dir.display(), "spooled data from a previous run: writing it first");
+        }
+        stats.spool_points.set(spool.points() as i64);
+        stats.spool_bytes.set(spool.bytes() as i64);
+        Ok(Buffer { name: Arc::from(name), sink, cfg, stats, rx, spool })
     }
 
-    /// Encodes one packet into the pending batch.
-    pub fn ingest(&mut self, packet: &DataPacket) {
-        self.points += LineProtocol::encode(packet, &mut self.lines);
-    }
+    /// Runs until every sender is gone (the listeners stopped) and the writer is done: all
+    /// written, or the stop deadline passed and the rest is in the spool.
+    pub async fn run(self, shutdown: Shutdown) {
+        let Buffer { name, sink, cfg, stats, mut rx, spool } = self;
+        let handle = Handle {
+            name: name.clone(),
+            shared: Arc::new(Mutex::new(Shared { queue: VecDeque::new(), spool, healthy: true, closed: false })),
+            wake: Arc::new(Notify::new()),
+            stats: stats.clone(),
+            memory_batches: cfg.memory_batches.max(1),
+            drop_log: Arc::new(RateLimit::default()),
+        };
+        let writer = Writer {
+            handle: handle.clone_parts(),
+            sink,
+            stop_deadline: cfg.stop_deadline,
+            shutdown,
+        };
+        let writer = tokio::spawn(writer.run());
 
-    /// Runs until every sender is gone (the listeners stopped), then writes what is left and
-    /// closes the sink. `shutdown` only shortens retries: after it fires, a batch that still
-    /// fails past the stop deadline is spilled to disk.
-    pub async fn run(mut self, shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(self.cfg.flush_interval);
+        let mut tick = tokio::time::interval(cfg.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(1024);
+        let mut packets = Vec::with_capacity(1024);
+        let mut lines = Vec::with_capacity(1 << 20);
+        let mut points = 0usize;
         loop {
-            tokio::select! {
-                n = self.rx.recv_many(&mut batch, 1024) => {
+            let cut = tokio::select! {
+                n = rx.recv_many(&mut packets, 1024) => {
                     if n == 0 {
                         break;
                     }
-                    for p in batch.drain(..) {
-                        self.ingest(&p);
+                    for p in packets.drain(..) {
+                        points += LineProtocol::encode(&p, &mut lines);
                     }
-                    if self.points >= self.cfg.batch_points {
-                        self.push_and_flush(&shutdown).await;
+                    points >= cfg.batch_points
+                }
+                _ = tick.tick() => points > 0,
+            };
+            if cut {
+                let batch = Batch { lines: std::mem::replace(&mut lines, Vec::with_capacity(1 << 20)), points };
+                points = 0;
+                handle.hand_off(batch).await;
+            }
+        }
+        if points > 0 {
+            handle.hand_off(Batch { lines, points }).await;
+        }
+        handle.with(|s, _, _| s.closed = true).await;
+        handle.wake.notify_one();
+        if let Err(e) = writer.await {
+            error!(sink = %name, error = %e, "writer task failed");
+        }
+        info!(
+            sink = %name,
+            points_written = stats.points_written.get(),
+            points_quarantined = stats.points_quarantined.get(),
+            points_dropped = stats.points_dropped.get(),
+            points_left_in_spool = stats.spool_points.get(),
+            "sink stopped"
+        );
+    }
+}
+
+impl Handle {
+    fn clone_parts(&self) -> Handle {
+        Handle {
+            name: self.name.clone(),
+            shared: self.shared.clone(),
+            wake: self.wake.clone(),
+            stats: self.stats.clone(),
+            memory_batches: self.memory_batches,
+            drop_log: self.drop_log.clone(),
+        }
+    }
+}
+
+/// Takes batches (memory queue first, then the spool, oldest first) and writes them.
+struct Writer {
+    handle: Handle,
+    sink: Box<dyn Sink>,
+    stop_deadline: Duration,
+    shutdown: Shutdown,
+}
+
+enum Next {
+    Batch(Batch, Source),
+    Idle,
+    Done,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if deadline.is_none() && self.shutdown.is_triggered() {
+                deadline = Some(tokio::time::Instant::now() + self.stop_deadline);
+            }
+            let next = self
+                .handle
+                .with(|s, _, name| {
+                    if let Some(b) = s.queue.pop_front() {
+                        return Next::Batch(b, Source::Memory);
+                    }
+                    match s.spool.read_front() {
+                        Ok(Some((lines, points))) => Next::Batch(Batch { lines, points }, Source::Spool),
+                        Ok(None) if s.closed => Next::Done,
+                        Ok(None) => Next::Idle,
+                        Err(e) => {
+                            // An unreadable spool file: count it lost and move on.
+                            error!(sink = name, error = %e, "cannot read the oldest spool file; skipping it");
+                            let _ = s.spool.pop_front_file();
+                            Next::Idle
+                        }
+                    }
+                })
+                .await;
+            match next {
+                Next::Done => return,
+                Next::Idle => {
+                    let mut stop = self.shutdown.clone();
+                    tokio::select! {
+                        _ = self.handle.wake.notified() => {}
+                        _ = stop.wait(), if deadline.is_none() => {}
                     }
                 }
-                _ = tick.tick() => {
-                    if self.points > 0 {
-                        self.push_and_flush(&shutdown).await;
+                Next::Batch(batch, source) => {
+                    if !self.write(batch, source, &mut deadline).await {
+                        return;
                     }
                 }
             }
         }
-        if self.points > 0 {
-            self.push_and_flush(&shutdown).await;
-        }
-        if let Err(e) = self.sink.close().await {
-            error!(sink = %self.name, error = %e, "closing sink failed");
-        }
-        info!(sink = %self.name, points_written = self.stats.points_written.get(), points_dropped = self.stats.points_dropped.get(), points_spilled = self.stats.points_spilled.get(), "sink stopped");
     }
 
-    /// Writes the pending batch, retrying what the sink says is temporary. Before a stop it
-    /// retries for as long as it takes (the channel absorbs, then counts drops); once the
-    /// stop fired it tries until the stop deadline, then spills the batch to a file.
-    pub async fn push_and_flush(&mut self, shutdown: &Shutdown) {
+    /// Writes one batch until it is stored or quarantined. Returns false when the stop deadline
+    /// passed (the batch and everything queued are then in the spool).
+    async fn write(&mut self, batch: Batch, mut source: Source, deadline: &mut Option<tokio::time::Instant>) -> bool {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-        let mut stop_deadline: Option<tokio::time::Instant> = None;
-        let points = self.points;
+        let mut batch = Some(batch);
         loop {
-            if shutdown.is_triggered() && stop_deadline.is_none() {
-                stop_deadline = Some(tokio::time::Instant::now() + self.cfg.stop_deadline);
+            if deadline.is_none() && self.shutdown.is_triggered() {
+                *deadline = Some(tokio::time::Instant::now() + self.stop_deadline);
             }
-            let attempt = match stop_deadline {
-                Some(d) => tokio::time::timeout_at(d, self.sink.write(&self.lines, points)).await.unwrap_or_else(|_| {
-                    Err(DBError::Retryable { reason: "stop deadline reached".into(), retry_after: None })
-                }),
-                None => self.sink.write(&self.lines, points).await,
+            let b = match batch.as_ref() {
+                Some(b) => b,
+                None => return true,
             };
-            match attempt {
+            let points = b.points;
+            let bytes = b.lines.len() as u64;
+            let attempt = match *deadline {
+                Some(d) => tokio::time::timeout_at(d, self.sink.write(&b.lines, points))
+                    .await
+                    .unwrap_or_else(|_| Err(DBError::Retryable { reason: "stop deadline reached".into(), retry_after: None })),
+                None => self.sink.write(&b.lines, points).await,
+            };
+            let stats = &self.handle.stats;
+            let done = match attempt {
                 Ok(()) => {
-                    self.stats.points_written.add(points as u64);
-                    self.stats.batches_written.inc();
-                    self.stats.bytes_written.add(self.lines.len() as u64);
-                    break;
+                    stats.points_written.add(points as u64);
+                    stats.bytes_written.add(bytes);
+                    true
                 }
                 Err(DBError::Rejected { reason, quarantined }) => {
-                    // The refused points are in the sink's quarantine file, the others stored.
                     let quarantined = quarantined.min(points);
-                    self.stats.points_quarantined.add(quarantined as u64);
-                    self.stats.points_written.add((points - quarantined) as u64);
-                    self.stats.batches_written.inc();
-                    self.stats.bytes_written.add(self.lines.len() as u64);
-                    warn!(sink = %self.name, points, quarantined, %reason, "points refused by the sink and quarantined");
-                    break;
+                    stats.points_quarantined.add(quarantined as u64);
+                    stats.points_written.add((points - quarantined) as u64);
+                    warn!(sink = %self.handle.name, points, quarantined, %reason, "points refused by the sink and quarantined");
+                    true
                 }
                 Err(e) => {
-                    self.stats.retries.inc();
+                    stats.retries.inc();
                     let delay = match &e {
                         DBError::Retryable { retry_after: Some(d), .. } => *d,
                         _ => backoff.next_delay(),
                     };
-                    if let Some(d) = stop_deadline {
+                    // Move this batch (and the memory queue behind it) to disk: during an
+                    // outage only what is not cut into a batch yet stays in memory.
+                    if let Source::Memory = source {
+                        let b = batch.take().expect("batch present");
+                        self.handle
+                            .with(move |s, stats, name| {
+                                s.healthy = false;
+                                let queued: Vec<Batch> = s.queue.drain(..).collect();
+                                for q in queued.into_iter().rev() {
+                                    spool_push(s, stats, name, q, true);
+                                }
+                                if let Some((p, _)) = spool_push(s, stats, name, b, true) {
+                                    if p.dropped_points > 0 {
+                                        error!(sink = name, points = p.dropped_points, "spool full: dropped the oldest batch");
+                                    }
+                                }
+                                Handle::account(stats, &s.spool);
+                            })
+                            .await;
+                        source = Source::Spool;
+                        batch = self.handle.with(|s, _, _| s.spool.read_front().ok().flatten().map(|(lines, points)| Batch { lines, points })).await;
+                    } else {
+                        self.handle.with(|s, _, _| s.healthy = false).await;
+                    }
+                    if let Some(d) = *deadline {
                         if tokio::time::Instant::now() + delay >= d {
-                            self.spill(points, &e).await;
-                            break;
+                            info!(sink = %self.handle.name, points_in_spool = stats.spool_points.get(), "stop deadline: the sink is not taking data; the spool keeps it for the next start");
+                            return false;
                         }
                     }
                     if matches!(e, DBError::Auth { .. }) {
-                        error!(sink = %self.name, error = %e, "sink refuses our credentials; keeping the batch and retrying - fix the token/password");
+                        error!(sink = %self.handle.name, error = %e, "sink refuses our credentials; data kept in the spool - fix the token/password");
                     } else {
-                        warn!(sink = %self.name, points, error = %e, retry_in_ms = delay.as_millis() as u64, "write failed; will retry");
+                        warn!(sink = %self.handle.name, points, error = %e, retry_in_ms = delay.as_millis() as u64, spooled = stats.spool_points.get(), "write failed; data goes to the spool, retrying");
                     }
-                    tokio::time::sleep(delay).await;
+                    let mut stop = self.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.wait(), if deadline.is_none() => {}
+                    }
+                    false
                 }
-            }
-        }
-        self.lines.clear();
-        self.points = 0;
-    }
-
-    /// Writes the pending batch to `<spill_dir>/<sink>-<unix ns>.lp` so no point is lost at stop.
-    async fn spill(&mut self, points: usize, cause: &DBError) {
-        let path = self.cfg.spill_dir.join(format!("{}-{}.lp", sanitize(&self.name), crate::clock::now_ns()));
-        let res = async {
-            tokio::fs::create_dir_all(&self.cfg.spill_dir).await?;
-            let mut f = tokio::fs::File::create(&path).await?;
-            f.write_all(&self.lines).await?;
-            f.sync_all().await
-        }
-        .await;
-        match res {
-            Ok(()) => {
-                self.stats.points_spilled.add(points as u64);
-                error!(sink = %self.name, points, path = %path.display(), cause = %cause, "sink unavailable at stop; batch spilled to file (replay it with curl or the influx CLI)");
-            }
-            Err(e) => {
-                self.stats.points_dropped.add(points as u64);
-                error!(sink = %self.name, points, path = %path.display(), error = %e, "could not spill batch at stop; points lost");
+            };
+            if done {
+                stats.batches_written.inc();
+                if let Source::Spool = source {
+                    self.handle
+                        .with(|s, stats, name| {
+                            if let Err(e) = s.spool.pop_front_file() {
+                                error!(sink = name, error = %e, "cannot delete a written spool file; it will be sent again (harmless: same points)");
+                            }
+                            s.healthy = true;
+                            Handle::account(stats, &s.spool);
+                        })
+                        .await;
+                } else {
+                    self.handle.with(|s, _, _| s.healthy = true).await;
+                }
+                return true;
             }
         }
     }
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 #[cfg(test)]
@@ -247,9 +492,8 @@ mod tests {
     use crate::plugin::Sink;
     use crate::shutdown_pair;
     use async_trait::async_trait;
-    use std::sync::Mutex;
 
-    /// Answers from a script, records what it was given.
+    /// Answers from a script (then Ok), records every batch it was given.
     struct ScriptedSink {
         answers: Vec<Result<(), DBError>>,
         writes: Arc<Mutex<Vec<(usize, String)>>>,
@@ -277,16 +521,34 @@ mod tests {
         })
     }
 
-    async fn run_with(answers: Vec<Result<(), DBError>>, packets: usize, cfg: BufferConfig) -> (Arc<SinkStats>, Vec<(usize, String)>) {
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ds-buffer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn cfg(dir: &std::path::Path) -> BufferConfig {
+        BufferConfig { spool_dir: dir.to_path_buf(), batch_points: 2, flush_interval: Duration::from_millis(20), stop_deadline: Duration::from_millis(500), ..BufferConfig::default() }
+    }
+
+    fn busy() -> Result<(), DBError> {
+        Err(DBError::Retryable { reason: "503".into(), retry_after: Some(Duration::from_millis(30)) })
+    }
+
+    /// Feeds packets with timestamps `first..first+n`, then stops; returns stats and writes.
+    async fn run_with(answers: Vec<Result<(), DBError>>, first: i64, n: usize, cfg: BufferConfig) -> (Arc<SinkStats>, Vec<(usize, String)>) {
         let stats = Arc::new(SinkStats::default());
         let writes = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = packet_channel("t", cfg.capacity, stats.clone());
-        let buffer = Buffer::new("t", Box::new(ScriptedSink { answers, writes: writes.clone() }), cfg, stats.clone(), rx);
+        let buffer = Buffer::new("t", Box::new(ScriptedSink { answers, writes: writes.clone() }), cfg, stats.clone(), rx).unwrap();
         let (trigger, shutdown) = shutdown_pair();
         let task = tokio::spawn(buffer.run(shutdown));
-        for i in 0..packets {
-            assert!(tx.send(gap(i as i64 + 1)));
+        for i in 0..n {
+            assert!(tx.send(gap(first + i as i64)));
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        // Give the writer a moment before the stop, like a running service.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         trigger.trigger();
         drop(tx);
         task.await.unwrap();
@@ -294,41 +556,79 @@ mod tests {
         (stats, w)
     }
 
-    #[tokio::test(start_paused = true)]
+    /// The timestamps of every line written, in write order.
+    fn written_times(writes: &[(usize, String)]) -> Vec<i64> {
+        writes.iter().flat_map(|(_, text)| text.lines().map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap()).collect::<Vec<_>>()).collect()
+    }
+
+    #[tokio::test]
     async fn a_partial_rejection_counts_quarantined_and_written_points() {
-        let (stats, writes) = run_with(vec![Err(DBError::Rejected { reason: "bad line".into(), quarantined: 1 })], 3, BufferConfig::default()).await;
-        assert_eq!(writes.len(), 1, "a rejected batch is not retried");
+        let dir = temp_dir("partial");
+        let answers = vec![Err(DBError::Rejected { reason: "bad line".into(), quarantined: 1 })];
+        let (stats, writes) = run_with(answers, 1, 2, cfg(&dir)).await;
+        assert_eq!(writes.iter().map(|w| w.0).sum::<usize>(), 2, "a rejected batch is not retried");
         assert_eq!(stats.points_quarantined.get(), 1);
-        assert_eq!(stats.points_written.get(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn temporary_failures_are_retried_until_written() {
-        let busy = || Err(DBError::Retryable { reason: "503".into(), retry_after: None });
-        let (stats, writes) = run_with(vec![busy(), busy()], 4, BufferConfig::default()).await;
-        assert_eq!(writes.len(), 3);
-        assert_eq!(writes[2].0, 4);
-        assert_eq!(stats.points_written.get(), 4);
-        assert_eq!(stats.retries.get(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_sink_still_down_at_the_stop_deadline_spills_to_a_file() {
-        let dir = std::env::temp_dir().join(format!("ds-spill-test-{}", std::process::id()));
-        let down = (0..1000).map(|_| Err(DBError::Retryable { reason: "down".into(), retry_after: None })).collect();
-        let cfg = BufferConfig { spill_dir: dir.clone(), stop_deadline: Duration::from_secs(5), ..BufferConfig::default() };
-        let (stats, _) = run_with(down, 5, cfg).await;
-        assert_eq!(stats.points_spilled.get(), 5);
-        assert_eq!(stats.points_written.get(), 0);
-        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
-        assert_eq!(files.len(), 1);
-        let text = std::fs::read_to_string(files[0].path()).unwrap();
-        assert_eq!(text.lines().filter(|l| l.starts_with("book_gap,")).count(), 5);
+        assert_eq!(stats.points_written.get(), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
-    async fn a_full_buffer_drops_and_counts_instead_of_waiting() {
+    async fn an_outage_goes_through_the_spool_and_arrives_complete_and_in_order() {
+        let dir = temp_dir("outage");
+        let answers = (0..8).map(|_| busy()).collect();
+        let (stats, writes) = run_with(answers, 1, 40, cfg(&dir)).await;
+        let ok: Vec<_> = written_times(&writes[8..]);
+        assert_eq!(ok, (1..=40).collect::<Vec<i64>>(), "every point once, in order, after the outage");
+        assert_eq!(stats.points_written.get(), 40);
+        assert!(stats.points_spooled.get() >= 2, "failed batches went to disk");
+        assert_eq!(stats.spool_points.get(), 0, "spool drained");
+        assert_eq!(stats.points_dropped.get(), 0);
+        assert_eq!(stats.retries.get(), 8);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_sink_still_down_at_the_stop_keeps_everything_in_the_spool_for_the_next_start() {
+        let dir = temp_dir("restart");
+        let down = (0..10_000).map(|_| busy()).collect();
+        let (stats, _) = run_with(down, 1, 10, cfg(&dir)).await;
+        assert_eq!(stats.points_written.get(), 0);
+        assert_eq!(stats.spool_points.get(), 10, "all ten points wait on disk");
+        let spool = Spool::open(&dir, u64::MAX, SpoolFull::DropOldest).unwrap();
+        assert_eq!(spool.points(), 10);
+
+        // Next start: the spooled points go first, then the new ones, in order.
+        let (stats, writes) = run_with(vec![], 11, 4, cfg(&dir)).await;
+        assert_eq!(written_times(&writes), (1..=14).collect::<Vec<i64>>());
+        assert_eq!(stats.points_written.get(), 14);
+        assert_eq!(stats.spool_points.get(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_applies_the_policy_and_counts_every_dropped_point() {
+        for policy in [SpoolFull::DropOldest, SpoolFull::DropNewest] {
+            let dir = temp_dir(&format!("full-{policy:?}"));
+            // One batch of two gap points is ~150 bytes: room for about three.
+            let cfg = BufferConfig { spool_max_bytes: 500, spool_full: policy, ..cfg(&dir) };
+            let (down, total) = ((0..10_000).map(|_| busy()).collect(), 30);
+            let (stats, _) = run_with(down, 1, total, cfg).await;
+            let kept = stats.spool_points.get() as u64;
+            assert!(kept > 0 && kept < total as u64, "{policy:?}: spool bounded: {kept}");
+            assert_eq!(kept + stats.points_dropped.get(), total as u64, "{policy:?}: every point is either kept or counted as dropped");
+            let spool = Spool::open(&dir, u64::MAX, policy).unwrap();
+            let (first, _) = spool.read_front().unwrap().unwrap();
+            let first_ts: i64 = String::from_utf8(first).unwrap().lines().next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+            match policy {
+                SpoolFull::DropOldest => assert!(first_ts > 1, "the oldest data went"),
+                SpoolFull::DropNewest => assert_eq!(first_ts, 1, "the oldest data stayed"),
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_drops_and_counts_instead_of_waiting() {
         let stats = Arc::new(SinkStats::default());
         let (tx, _rx) = packet_channel("t", 2, stats.clone());
         assert!(tx.send(gap(1)));

@@ -22,6 +22,7 @@ pub mod line_protocol;
 pub mod packet;
 pub mod plugin;
 pub mod shutdown;
+pub mod spool;
 pub mod stats;
 pub mod traits;
 pub mod ws;

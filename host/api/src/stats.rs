@@ -32,6 +32,9 @@ impl Gauge {
     pub fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -76,10 +79,14 @@ pub struct SinkStats {
     pub retries: Counter,
     /// Points the sink refused and wrote to its quarantine file.
     pub points_quarantined: Counter,
-    /// Points that could not enter the buffer because it was full (contract 5 policy).
+    /// Points lost: the channel was full (encoder stalled), the spool was full (policy
+    /// `spool_full`), or the spool disk failed. Each is logged.
     pub points_dropped: Counter,
-    /// Points written to the spill file at shutdown because the sink could not take them.
-    pub points_spilled: Counter,
+    /// Points written to the on-disk spool (because the sink was down, slow or at stop).
+    pub points_spooled: Counter,
+    /// Points and bytes in the spool now.
+    pub spool_points: Gauge,
+    pub spool_bytes: Gauge,
 }
 
 /// Lets one log line through per interval and counts the ones held back, so a flood of bad

@@ -217,8 +217,8 @@ async fn behind_the_real_buffer() {
     let dir = tempfile::tempdir().unwrap();
     let stats = Arc::new(SinkStats::default());
     let (tx, rx) = packet_channel("test", 1024, stats.clone());
-    let buffer_cfg = BufferConfig { batch_points: 7, spill_dir: dir.path().join("spill"), ..BufferConfig::default() };
-    let buffer = Buffer::new("test", Box::new(FileSink::new(cfg(&dir.path().join("out"), "gzip = true"))), buffer_cfg, stats.clone(), rx);
+    let buffer_cfg = BufferConfig { batch_points: 7, spool_dir: dir.path().join("spool"), ..BufferConfig::default() };
+    let buffer = Buffer::new("test", Box::new(FileSink::new(cfg(&dir.path().join("out"), "gzip = true"))), buffer_cfg, stats.clone(), rx).unwrap();
     let (_trigger, shutdown) = ds_api::shutdown_pair();
     let task = tokio::spawn(buffer.run(shutdown));
 

@@ -44,7 +44,7 @@ pub fn binance_to_influx(ws_url: &str, rest_url: &str, symbols: &[&str], db: &Te
 [service]
 log_dir = ""
 status_interval_secs = 1
-spill_dir = "{spill}"
+spool_dir = "{spill}/spool"
 
 [[feed]]
 name = "binance-e2e"
