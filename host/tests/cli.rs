@@ -263,3 +263,69 @@ dir = "data"
     assert!((2..=8).contains(&refused), "one clear line per backed-off attempt, not a storm: {refused}\n{stdout}");
     assert!(stdout.contains(&format!("ws://127.0.0.1:{port}/stream")), "the log names the endpoint: {stdout}");
 }
+
+/// Line-protocol lines of one measurement in every spool file under `dir`.
+fn spooled_lines(dir: &Path, measurement: &str) -> usize {
+    walk(dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "lp"))
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().filter(|l| l.starts_with(measurement)).count())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_an_influxdb_outage_loses_nothing_spooled() {
+    let Some(cfg) = MockBinanceConfig::from_fixtures("2021-04-04") else { return };
+    let symbols = ["BTCUSDT", "ETHUSDT", "DOTUSDT"];
+    let expected: usize = symbols.iter().map(|s| binance_reference(&cfg.snapshots[*s], &cfg.frames, s).applied_levels()).sum();
+    let mock = MockBinance::start(cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    // InfluxDB is down: its port refuses connections.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = |ws: &str, rest: &str, influx: &str, db: &str| {
+        format!(
+            r#"
+[service]
+log_dir = ""
+spool_dir = "spool"
+[[feed]]
+name = "binance"
+connector = "binance_spot_depth"
+symbols = ["BTCUSDT", "ETHUSDT", "DOTUSDT"]
+sink = "influx"
+ws_url = "{ws}"
+rest_url = "{rest}"
+[[sink]]
+name = "influx"
+plugin = "influxdb"
+url = "{influx}"
+database = "{db}"
+max_retries = 0
+flush_interval_ms = 200
+"#
+        )
+    };
+    let mut child = spawn(dir.path(), &config(&mock.ws_url(), &mock.rest_url(), &format!("http://127.0.0.1:{down}"), "market"));
+    assert!(mock.wait_all_frames_sent(Duration::from_secs(30)).await);
+    // Longer than the flush interval: every received point is in a batch, and on disk.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    let spooled = spooled_lines(&dir.path().join("spool"), "book_delta,");
+    assert_eq!(spooled, expected, "after kill -9 every applied level is in the spool");
+
+    // InfluxDB is back; start again with an exchange that is gone, so only the spool flows.
+    let Some(influx) = ds_tests::influxd::InfluxServer::start().await else { return };
+    let db = ds_tests::influx::TestDb::create(&influx.url).await;
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gone = format!("127.0.0.1:{gone}");
+    let child = spawn(dir.path(), &config(&format!("ws://{gone}"), &format!("http://{gone}"), &influx.url, &db.name));
+    let n = db.wait_for_count("book_delta", "", expected as u64, Duration::from_secs(60)).await;
+    signal(&child, "-TERM");
+    let out = wait_exit(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(n, expected as u64, "the spooled points arrived after the restart");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spooled data from a previous run"));
+    assert_eq!(spooled_lines(&dir.path().join("spool"), "book_delta,"), 0, "spool emptied");
+    db.cleanup().await;
+}

@@ -18,6 +18,7 @@ pub mod book;
 pub mod fixtures;
 pub mod http;
 pub mod influx;
+pub mod influxd;
 
 /// Whether we run in CI (`CI=true`), where a missing fixture or service is a failure, not a skip.
 pub fn in_ci() -> bool {

@@ -50,9 +50,9 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_CAPACITY: usize = 16_384;
 /// How long the stop keeps writing to the sink before leaving the rest in the spool.
 pub const DEFAULT_STOP_DEADLINE: Duration = Duration::from_secs(10);
-/// Batches kept in memory while the sink keeps up: enough to smooth a slow write, small enough
-/// that little is at risk on a crash.
-pub const DEFAULT_MEMORY_BATCHES: usize = 4;
+/// Batches kept in memory while the sink keeps up: one being written, one being filled behind
+/// it; more would only put more at risk on a crash (a slower sink is what the spool is for).
+pub const DEFAULT_MEMORY_BATCHES: usize = 2;
 /// Disk the spool of one sink may use: about an hour of the whole market at full depth.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
@@ -94,6 +94,11 @@ pub struct PacketSender {
 }
 
 impl PacketSender {
+    /// Packets the channel can take right now (for load tools and back-pressure metrics).
+    pub fn capacity_left(&self) -> usize {
+        self.tx.capacity()
+    }
+
     /// Hands a packet to the sink's buffer. Returns false (and counts the points as dropped)
     /// when the channel is full (the encoder cannot keep up, e.g. the spool disk stalls).
     pub fn send(&self, packet: DataPacket) -> bool {

@@ -10,10 +10,10 @@ use ds_tests::influx::{influx_url, quote_str, RowExt, TestDb};
 
 use crate::support::{binance_to_influx, eventually, rebuild, Service};
 
-const SYMBOLS: [&str; 3] = ["BTCUSDT", "ETHUSDT", "DOTUSDT"];
+pub const SYMBOLS: [&str; 3] = ["BTCUSDT", "ETHUSDT", "DOTUSDT"];
 
 /// (last_id, side, price, qty) of every stored delta level of `symbol`, sorted.
-async fn stored_levels(db: &TestDb, symbol: &str, extra_where: &str) -> Vec<(u64, String, String, String)> {
+pub async fn stored_levels(db: &TestDb, symbol: &str, extra_where: &str) -> Vec<(u64, String, String, String)> {
     let rows = db
         .query(&format!("SELECT price, qty, side, first_id, last_id FROM book_delta WHERE symbol = {}{extra_where}", quote_str(symbol)))
         .await;
@@ -33,7 +33,7 @@ async fn stored_levels(db: &TestDb, symbol: &str, extra_where: &str) -> Vec<(u64
 }
 
 /// The same, from the reference's applied updates (text parsed as InfluxDB parses it).
-fn reference_levels(r: &Reference, upto: usize) -> Vec<(u64, String, String, String)> {
+pub fn reference_levels(r: &Reference, upto: usize) -> Vec<(u64, String, String, String)> {
     let mut v: Vec<_> = r.applied[..upto]
         .iter()
         .flat_map(|u| {

@@ -3,4 +3,5 @@
 //! One test binary that `mod`s its parts links much faster than many.
 
 mod binance;
+mod durability;
 mod support;

@@ -38,6 +38,11 @@ impl Service {
 
 /// A config with one Binance depth feed into InfluxDB database `db`.
 pub fn binance_to_influx(ws_url: &str, rest_url: &str, symbols: &[&str], db: &TestDb) -> String {
+    binance_to_influx_with(ws_url, rest_url, symbols, &db.url, &db.name, "")
+}
+
+/// The same with any InfluxDB URL (a hung one, say) and extra `[[sink]]` keys.
+pub fn binance_to_influx_with(ws_url: &str, rest_url: &str, symbols: &[&str], url: &str, db: &str, extra_sink: &str) -> String {
     let symbols: Vec<String> = symbols.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         r#"
@@ -61,11 +66,10 @@ url = "{url}"
 database = "{db}"
 flush_interval_ms = 100
 quarantine_dir = "{spill}/quarantine"
+{extra_sink}
 "#,
-        spill = std::env::temp_dir().join(format!("ds-e2e-{}", db.name)).display(),
+        spill = std::env::temp_dir().join(format!("ds-e2e-{db}")).display(),
         symbols = symbols.join(", "),
-        url = db.url,
-        db = db.name,
     )
 }
 
@@ -99,22 +103,27 @@ pub struct Rebuilt {
 }
 
 pub async fn rebuild(db: &TestDb, symbol: &str) -> Rebuilt {
-    let sym = quote_str(symbol);
-    let last = db.query(&format!("SELECT last(snapshot_id) FROM book_snapshot WHERE symbol = {sym}")).await;
-    let row = last.first().unwrap_or_else(|| panic!("no snapshot stored for {symbol}"));
+    rebuild_where(db, &format!("symbol = {}", quote_str(symbol))).await
+}
+
+/// [`rebuild`] for the book selected by an InfluxQL condition on tags, e.g.
+/// `market = 'spot' AND symbol = 'BTCUSDT'` where one symbol trades in several markets.
+pub async fn rebuild_where(db: &TestDb, series: &str) -> Rebuilt {
+    let last = db.query(&format!("SELECT last(snapshot_id) FROM book_snapshot WHERE {series}")).await;
+    let row = last.first().unwrap_or_else(|| panic!("no snapshot stored for {series}"));
     let snapshot_id = row.u64("last").expect("snapshot_id");
     let snapshot_time = row.i64("time").expect("time");
     let mut book = OrderBook::new();
     let levels = db
         .query(&format!(
-            "SELECT price, qty, side FROM book_snapshot WHERE symbol = {sym} AND snapshot_id = {snapshot_id} AND time <= {snapshot_time}"
+            "SELECT price, qty, side FROM book_snapshot WHERE ({series}) AND snapshot_id = {snapshot_id} AND time <= {snapshot_time}"
         ))
         .await;
-    assert!(!levels.is_empty(), "snapshot {snapshot_id} of {symbol} has no levels");
+    assert!(!levels.is_empty(), "snapshot {snapshot_id} of {series} has no levels");
     for r in &levels {
         book.set(Side::parse(r.str("side").unwrap()).unwrap(), r.f64("price").unwrap(), r.f64("qty").unwrap());
     }
-    let deltas = db.query(&format!("SELECT price, qty, side FROM book_delta WHERE symbol = {sym} AND time > {snapshot_time}")).await;
+    let deltas = db.query(&format!("SELECT price, qty, side FROM book_delta WHERE ({series}) AND time > {snapshot_time}")).await;
     let mut last_time = snapshot_time;
     for r in &deltas {
         book.set(Side::parse(r.str("side").unwrap()).unwrap(), r.f64("price").unwrap(), r.f64("qty").unwrap());
@@ -122,7 +131,7 @@ pub async fn rebuild(db: &TestDb, symbol: &str) -> Rebuilt {
     }
     // The book is valid up to the last delta only if no gap marker lies in between.
     let gaps = db
-        .query(&format!("SELECT reason FROM book_gap WHERE symbol = {sym} AND time > {snapshot_time} AND time <= {last_time}"))
+        .query(&format!("SELECT reason FROM book_gap WHERE ({series}) AND time > {snapshot_time} AND time <= {last_time}"))
         .await;
     Rebuilt { book, snapshot_id, snapshot_time, deltas_applied: deltas.len(), gaps_after_snapshot: gaps.len() }
 }
