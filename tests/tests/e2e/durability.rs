@@ -11,6 +11,7 @@ use ds_api::{clock, shutdown_pair, DataPacket, Decimal, Instrument, Level, Marke
 use ds_tests::binance::{MockBinance, MockBinanceConfig};
 use ds_tests::book::{binance_reference, Reference};
 use ds_tests::influx::TestDb;
+use ds_tests::http::{HttpServer, Response};
 use ds_tests::influxd::InfluxServer;
 
 use crate::binance::{reference_levels, stored_levels, SYMBOLS};
@@ -71,12 +72,25 @@ async fn an_influxdb_outage_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_influxdb_never_stalls_the_read_loop() {
-    let Some(cfg) = MockBinanceConfig::from_fixtures("2021-04-04") else { return };
     let (url, _hung) = hung_server().await;
+    read_loop_unaffected_by_sink_at(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_influxdb_answering_503_never_stalls_the_read_loop() {
+    let server = HttpServer::start(|_| Response::text(503, "service unavailable").with_header("Retry-After", "1")).await;
+    read_loop_unaffected_by_sink_at(&server.url()).await;
+    assert!(server.request_count() >= 2, "the sink kept trying");
+}
+
+/// Replays the capture with pings every 100 ms into a service whose sink is at `url` (which
+/// never stores anything), and checks the read loop never noticed.
+async fn read_loop_unaffected_by_sink_at(url: &str) {
+    let Some(cfg) = MockBinanceConfig::from_fixtures("2021-04-04") else { return };
     // Pings every 100 ms for the ~5 s of replay.
     let mock = MockBinance::start(MockBinanceConfig { frame_interval: Duration::from_millis(2), ping_interval: Duration::from_millis(100), ..cfg }).await;
-    let db_name = format!("hung_{}", std::process::id());
-    let toml = binance_to_influx_with(&mock.ws_url(), &mock.rest_url(), &SYMBOLS, &url, &db_name, "max_retries = 0\ntimeout_secs = 1\nstop_deadline_secs = 1");
+    let db_name = format!("unavailable_{}_{}", std::process::id(), url.rsplit(':').next().unwrap());
+    let toml = binance_to_influx_with(&mock.ws_url(), &mock.rest_url(), &SYMBOLS, url, &db_name, "max_retries = 0\ntimeout_secs = 1\nstop_deadline_secs = 1");
     let svc = Service::start(&toml);
     assert!(mock.wait_all_frames_sent(Duration::from_secs(60)).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
