@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 
 use connector_binance::book_sync::{BookSync, HeldUpdate};
-use connector_binance::parser::{parse_snapshot, DepthFrame, DepthParser};
+use connector_binance::parser::{parse_snapshot, DepthFrame, DepthParser, DepthSnapshot};
 use ds_api::line_protocol::LineProtocol;
 use ds_api::traits::Parser;
 use ds_api::{FeedStats, Instrument};
 
 struct Capture {
     frames: Vec<String>,
-    snapshots: Vec<(String, String)>,
+    /// Parsed once: the REST snapshots are not part of the per-frame path being measured.
+    snapshots: Vec<(String, DepthSnapshot)>,
     levels: u64,
 }
 
@@ -32,7 +33,7 @@ fn load() -> Capture {
     let frames: Vec<String> = text.lines().filter(|l| !l.is_empty()).map(String::from).collect();
     let snapshots = ["BTCUSDT", "ETHUSDT", "DOTUSDT"]
         .iter()
-        .map(|s| (s.to_string(), std::fs::read_to_string(dir.join(format!("rest_depth_snapshot_2021-04-04_{s}.json"))).unwrap()))
+        .map(|s| (s.to_string(), parse_snapshot(&std::fs::read_to_string(dir.join(format!("rest_depth_snapshot_2021-04-04_{s}.json"))).unwrap()).unwrap()))
         .collect();
     let levels = frames
         .iter()
@@ -50,10 +51,10 @@ fn service_path(c: &Capture, out: &mut Vec<u8>) -> usize {
     let mut books: Vec<(String, BookSync)> = c
         .snapshots
         .iter()
-        .map(|(s, body)| {
+        .map(|(s, snapshot)| {
             let mut b = BookSync::new(Instrument { exchange: "binance", market: "spot", symbol: Arc::from(s.as_str()) }, 100_000);
             let mut packets = Vec::new();
-            b.on_snapshot(parse_snapshot(body).unwrap(), &mut packets, &stats);
+            b.on_snapshot(snapshot.clone(), &mut packets, &stats);
             (s.clone(), b)
         })
         .collect();
@@ -71,6 +72,28 @@ fn service_path(c: &Capture, out: &mut Vec<u8>) -> usize {
         out.clear();
     }
     points
+}
+
+/// serde into the borrowed wire struct alone.
+fn wire_only(c: &Capture) -> usize {
+    let mut n = 0;
+    for f in &c.frames {
+        if let Ok(w) = serde_json::from_str::<connector_binance::wire::CombinedFrame>(f) {
+            n += w.data.bids.len() + w.data.asks.len();
+        }
+    }
+    n
+}
+
+/// Parse only (no sync, no encoding), to see where the time goes.
+fn parse_only(c: &Capture) -> usize {
+    let mut n = 0;
+    for f in &c.frames {
+        if let Ok(DepthFrame::Update(u)) = DepthParser.parse(f.as_bytes()) {
+            n += u.bids.len() + u.asks.len();
+        }
+    }
+    n
 }
 
 fn floor(c: &Capture) -> usize {
@@ -114,6 +137,10 @@ fn main() {
     let mut out = Vec::with_capacity(1 << 16);
     let t_floor = median_secs(|| { black_box(floor(&cap)); }, 31);
     let t_path = median_secs(|| { black_box(service_path(&cap, &mut out)); }, 31);
+    let t_parse = median_secs(|| { black_box(parse_only(&cap)); }, 31);
+    let t_wire = median_secs(|| { black_box(wire_only(&cap)); }, 31);
+    println!("binance depth: serde wire struct alone {:.0} frames/s (ratio to floor {:.2})", n as f64 / t_wire, t_floor / t_wire);
+    println!("binance depth: parse alone {:.0} frames/s (ratio to floor {:.2})", n as f64 / t_parse, t_floor / t_parse);
     println!(
         "binance depth: {} frames, {} levels | floor {:.0} frames/s | service path {:.0} frames/s, {:.0} levels/s | ratio to floor {:.2}",
         n,

@@ -2,7 +2,7 @@
 //! benchmark measures together with the sync step and the line-protocol encoding.
 
 use ds_api::traits::Parser;
-use ds_api::{Decimal, Level, ParseError};
+use ds_api::{Level, ParseError};
 
 use crate::wire::{CombinedFrame, DepthSnapshotWire, EventWire};
 
@@ -36,10 +36,12 @@ impl Parser for DepthParser {
     fn parse<'a>(&self, frame: &'a [u8]) -> Result<DepthFrame<'a>, ParseError> {
         // Combined streams wrap the event; raw streams send it bare. The wrapper starts with
         // `{"stream":`, which is cheaper to test than to parse twice.
-        let event: EventWire<'a> = if frame.starts_with(br#"{"stream""#) {
-            serde_json::from_slice::<CombinedFrame<'a>>(frame)?.data
+        // One UTF-8 check up front lets serde borrow strings without checking each again.
+        let text = std::str::from_utf8(frame).map_err(|e| ParseError::Other(format!("frame is not UTF-8: {e}")))?;
+        let event: EventWire<'a> = if text.starts_with(r#"{"stream""#) {
+            serde_json::from_str::<CombinedFrame<'a>>(text)?.data
         } else {
-            serde_json::from_slice(frame)?
+            serde_json::from_str(text)?
         };
         match event.event {
             "depthUpdate" => {
@@ -49,19 +51,14 @@ impl Parser for DepthParser {
                     event_time_ms: event.event_time,
                     first_update_id: event.first_update_id.ok_or_else(|| missing("U"))?,
                     final_update_id: event.final_update_id.ok_or_else(|| missing("u"))?,
-                    bids: levels(&event.bids)?,
-                    asks: levels(&event.asks)?,
+                    bids: event.bids,
+                    asks: event.asks,
                 }))
             }
             "serverShutdown" => Ok(DepthFrame::ServerShutdown),
             other => Err(ParseError::UnknownMessage(format!("event type {other:?}"))),
         }
     }
-}
-
-/// Typed levels from `[price, qty]` text pairs.
-pub fn levels(raw: &[[&str; 2]]) -> Result<Vec<Level>, ParseError> {
-    raw.iter().map(|[p, q]| Ok(Level { price: Decimal::parse(p)?, size: Decimal::parse(q)? })).collect()
 }
 
 /// A parsed REST depth snapshot.
@@ -74,7 +71,7 @@ pub struct DepthSnapshot {
 
 pub fn parse_snapshot(body: &str) -> Result<DepthSnapshot, ParseError> {
     let w: DepthSnapshotWire = serde_json::from_str(body)?;
-    Ok(DepthSnapshot { last_update_id: w.last_update_id, bids: levels(&w.bids)?, asks: levels(&w.asks)? })
+    Ok(DepthSnapshot { last_update_id: w.last_update_id, bids: w.bids, asks: w.asks })
 }
 
 #[cfg(test)]
@@ -103,7 +100,7 @@ mod tests {
             // 4: missing final update id
             Case { input: r#"{"e":"depthUpdate","E":1,"s":"X","U":1,"b":[],"a":[]}"#, expect: Err("without `u`") },
             // 5: a price that is not a number
-            Case { input: r#"{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"b":[["NaN","1"]],"a":[]}"#, expect: Err("invalid number") },
+            Case { input: r#"{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"b":[["NaN","1"]],"a":[]}"#, expect: Err("invalid number \"NaN\"") },
         ];
         for (i, c) in cases.iter().enumerate() {
             let got = DepthParser.parse(c.input.as_bytes());

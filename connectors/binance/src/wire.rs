@@ -1,5 +1,6 @@
 //! Binance spot wire types, each beside the JSON it parses.
 
+use ds_api::Level;
 use serde::Deserialize;
 
 /// A combined-stream frame (`/stream?streams=...`):
@@ -35,11 +36,12 @@ pub struct EventWire<'a> {
     /// Final update id in event.
     #[serde(rename = "u", default)]
     pub final_update_id: Option<u64>,
-    /// Bids: `[price, absolute quantity]`, quantity "0.00000000" removes the level.
-    #[serde(rename = "b", default, borrow)]
-    pub bids: Vec<[&'a str; 2]>,
-    #[serde(rename = "a", default, borrow)]
-    pub asks: Vec<[&'a str; 2]>,
+    /// Bids: `[price, absolute quantity]`, quantity "0.00000000" removes the level. Parsed and
+    /// validated straight into typed levels.
+    #[serde(rename = "b", default)]
+    pub bids: Vec<Level>,
+    #[serde(rename = "a", default)]
+    pub asks: Vec<Level>,
 }
 
 /// `GET /api/v3/depth?symbol=BTCUSDT&limit=1000`:
@@ -48,13 +50,11 @@ pub struct EventWire<'a> {
 /// {"lastUpdateId":9893033066,"bids":[["58001.03000000","1.60107400"],...],"asks":[...]}
 /// ```
 #[derive(Debug, Deserialize)]
-pub struct DepthSnapshotWire<'a> {
+pub struct DepthSnapshotWire {
     #[serde(rename = "lastUpdateId")]
     pub last_update_id: u64,
-    #[serde(borrow)]
-    pub bids: Vec<[&'a str; 2]>,
-    #[serde(borrow)]
-    pub asks: Vec<[&'a str; 2]>,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
 }
 
 /// `GET /api/v3/exchangeInfo`, only what symbol resolution needs (the schema drifts; unknown

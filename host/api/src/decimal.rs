@@ -6,17 +6,26 @@
 //! number (optionally with an exponent, as Huobi writes `9.121E-7`). The check is what makes
 //! the text safe to paste into line protocol as a float field.
 
-use compact_str::CompactString;
 use std::fmt;
 
 use crate::error::ParseError;
 
 /// A validated decimal number in the exchange's own text (no rounding, no re-formatting).
 ///
-/// Stored inline for up to 24 bytes (every price and size seen on the three exchanges), so a
-/// level costs no heap allocation.
+/// Stored inline up to [`INLINE`] bytes (every price and size seen on the three exchanges), so
+/// a level costs no heap allocation; longer text goes to the heap.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Decimal(CompactString);
+pub struct Decimal(Repr);
+
+/// Longest text kept inline: Binance writes 8 decimals (`58001.03000000`, 14 bytes), Huobi's
+/// scientific forms stay under 20.
+pub const INLINE: usize = 30;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<str>),
+}
 
 impl Decimal {
     /// Accepts `-?digits[.digits][(e|E)[+-]digits]` and `.5`-style leading dots; rejects
@@ -24,7 +33,14 @@ impl Decimal {
     /// line-protocol line.
     pub fn parse(text: &str) -> Result<Decimal, ParseError> {
         if is_decimal(text.as_bytes()) {
-            Ok(Decimal(CompactString::new(text)))
+            let bytes = text.as_bytes();
+            if bytes.len() <= INLINE {
+                let mut buf = [0u8; INLINE];
+                buf[..bytes.len()].copy_from_slice(bytes);
+                Ok(Decimal(Repr::Inline { len: bytes.len() as u8, buf }))
+            } else {
+                Ok(Decimal(Repr::Heap(text.into())))
+            }
         } else {
             Err(ParseError::InvalidNumber(text.chars().take(40).collect()))
         }
@@ -32,23 +48,61 @@ impl Decimal {
 
     /// The exchange's text.
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        match &self.0 {
+            // Only ASCII that passed `is_decimal` is ever stored.
+            Repr::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
+            Repr::Heap(s) => s,
+        }
     }
 
     /// True when the value is zero (`"0"`, `"0.00000000"`, `0E-8`): a size of zero removes a level.
     pub fn is_zero(&self) -> bool {
-        let b = self.0.as_bytes();
+        let b = self.as_str().as_bytes();
         let mantissa_end = b.iter().position(|c| *c == b'e' || *c == b'E').unwrap_or(b.len());
         b[..mantissa_end].iter().all(|c| matches!(c, b'0' | b'.' | b'-' | b'+'))
     }
 
     /// The nearest `f64`, for tests and statistics; never used on the storage path.
     pub fn to_f64(&self) -> f64 {
-        self.0.parse().unwrap_or(f64::NAN)
+        self.as_str().parse().unwrap_or(f64::NAN)
+    }
+}
+
+/// Deserializes from a JSON string holding the decimal (`"58001.03000000"`), validated as
+/// [`Decimal::parse`] does, without an intermediate `String`.
+impl<'de> serde::Deserialize<'de> for Decimal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Decimal;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a decimal number as a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Decimal, E> {
+                Decimal::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
 fn is_decimal(b: &[u8]) -> bool {
+    // Fast path, the common form: digits and at most one dot.
+    let (mut digits, mut dots) = (0usize, 0usize);
+    let mut plain = true;
+    for &c in b {
+        if c.is_ascii_digit() {
+            digits += 1;
+        } else if c == b'.' {
+            dots += 1;
+        } else {
+            plain = false;
+            break;
+        }
+    }
+    if plain {
+        return digits > 0 && dots <= 1;
+    }
     let mut i = 0;
     if i < b.len() && (b[i] == b'-' || b[i] == b'+') {
         i += 1;
@@ -87,13 +141,13 @@ fn is_decimal(b: &[u8]) -> bool {
 
 impl fmt::Debug for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -103,6 +157,8 @@ mod tests {
 
     #[test]
     fn accepts_exchange_number_forms() {
+        let long = "1234567890.12345678901234567890123";
+        assert_eq!(Decimal::parse(long).unwrap().as_str(), long, "longer than INLINE goes to the heap");
         for ok in ["58001.03000000", "0.00000000", "9.121E-7", "5.4329174972728E12", "1", "-2.5", ".5", "1e+3"] {
             assert!(Decimal::parse(ok).is_ok(), "{ok} should parse");
         }
@@ -125,3 +181,4 @@ mod tests {
         }
     }
 }
+

@@ -30,19 +30,28 @@ impl LineProtocol {
     pub fn encode(packet: &DataPacket, out: &mut Vec<u8>) -> usize {
         match packet {
             DataPacket::MI(m) => {
+                // What every level of the packet shares is formatted once: the series (per
+                // side) and the id/time fields; each level adds price, qty and its timestamp.
+                let mut shared = Vec::with_capacity(96);
+                int_field(&mut shared, "first_id", m.first_update_id as i64);
+                int_field(&mut shared, "last_id", m.last_update_id as i64);
+                if let Some(p) = m.prev_update_id {
+                    int_field(&mut shared, "prev_id", p as i64);
+                }
+                if let Some(e) = m.event_time_ms {
+                    int_field(&mut shared, "event_ts", e);
+                }
                 let mut ts = m.recv_time_ns;
                 for (side, levels) in [(Side::Bid, &m.bids), (Side::Ask, &m.asks)] {
+                    if levels.is_empty() {
+                        continue;
+                    }
+                    let mut prefix = Vec::with_capacity(96);
+                    series(&mut prefix, "book_delta", &m.instrument, Some(side.as_str()));
                     for level in levels.iter() {
-                        series(out, "book_delta", &m.instrument, Some(side.as_str()));
+                        out.extend_from_slice(&prefix);
                         level_fields(out, level);
-                        int_field(out, "first_id", m.first_update_id as i64);
-                        int_field(out, "last_id", m.last_update_id as i64);
-                        if let Some(p) = m.prev_update_id {
-                            int_field(out, "prev_id", p as i64);
-                        }
-                        if let Some(e) = m.event_time_ms {
-                            int_field(out, "event_ts", e);
-                        }
+                        out.extend_from_slice(&shared);
                         timestamp(out, ts);
                         ts += 1;
                     }
@@ -50,28 +59,29 @@ impl LineProtocol {
                 m.bids.len() + m.asks.len()
             }
             DataPacket::ST(s) => {
+                let mut ids = Vec::with_capacity(64);
+                int_field(&mut ids, "snapshot_id", s.cur_seq as i64);
+                if let Some(p) = s.prev_seq {
+                    int_field(&mut ids, "prev_id", p as i64);
+                }
+                if let Some(e) = s.timestamp {
+                    int_field(&mut ids, "event_ts", e);
+                }
                 let mut ts = s.recv_time_ns;
-                let write_ids = |out: &mut Vec<u8>| {
-                    int_field(out, "snapshot_id", s.cur_seq as i64);
-                    if let Some(p) = s.prev_seq {
-                        int_field(out, "prev_id", p as i64);
-                    }
-                    if let Some(e) = s.timestamp {
-                        int_field(out, "event_ts", e);
-                    }
-                };
                 if s.bids.is_empty() && s.asks.is_empty() {
                     series(out, "book_snapshot", &s.instrument, Some("empty"));
                     out.extend_from_slice(b" levels=0i");
-                    write_ids(out);
+                    out.extend_from_slice(&ids);
                     timestamp(out, ts);
                     return 1;
                 }
                 for (side, levels) in [(Side::Bid, &s.bids), (Side::Ask, &s.asks)] {
+                    let mut prefix = Vec::with_capacity(96);
+                    series(&mut prefix, "book_snapshot", &s.instrument, Some(side.as_str()));
                     for level in levels.iter() {
-                        series(out, "book_snapshot", &s.instrument, Some(side.as_str()));
+                        out.extend_from_slice(&prefix);
                         level_fields(out, level);
-                        write_ids(out);
+                        out.extend_from_slice(&ids);
                         timestamp(out, ts);
                         ts += 1;
                     }
@@ -162,6 +172,10 @@ fn timestamp(out: &mut Vec<u8>, ns: i64) {
 /// Tag keys and values (and measurement names): escape comma, equals sign and space with a
 /// backslash. A newline cannot be escaped in line protocol, so it is written as `\n` text.
 pub fn tag_value(out: &mut Vec<u8>, v: &str) {
+    if !v.bytes().any(|b| matches!(b, b',' | b'=' | b' ' | b'\n' | b'\r')) {
+        out.extend_from_slice(v.as_bytes());
+        return;
+    }
     for &b in v.as_bytes() {
         match b {
             b',' | b'=' | b' ' => {

@@ -23,10 +23,20 @@ pub struct Instrument {
 }
 
 /// One price level: absolute size at a price; a zero size removes the level.
+///
+/// Deserializes straight from the `["price", "size"]` string pair Binance and Bybit send, so a
+/// frame's levels are validated and stored in one pass with no intermediate vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Level {
     pub price: Decimal,
     pub size: Decimal,
+}
+
+impl<'de> serde::Deserialize<'de> for Level {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (price, size) = <(Decimal, Decimal)>::deserialize(d)?;
+        Ok(Level { price, size })
+    }
 }
 
 /// Book side.
