@@ -2,6 +2,7 @@
 //! that nothing names registers nothing). Adding an exchange or a sink = one line here.
 
 extern crate connector_binance;
+extern crate connector_bybit;
 extern crate sink_file;
 extern crate sink_influxdb;
 

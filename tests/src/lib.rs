@@ -14,6 +14,8 @@
 #![forbid(unsafe_code)]
 
 pub mod binance;
+pub mod bybit;
+pub mod bybit_book;
 pub mod book;
 pub mod fixtures;
 pub mod http;

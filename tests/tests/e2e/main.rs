@@ -4,4 +4,5 @@
 
 mod binance;
 mod durability;
+mod bybit;
 mod support;

@@ -73,6 +73,30 @@ quarantine_dir = "{spill}/quarantine"
     )
 }
 
+/// A config running the given `[[feed]]` tables (each with `sink = "influx"`) into InfluxDB
+/// database `db`, with the same service and sink settings as [`binance_to_influx`].
+pub fn feeds_to_influx(feeds: &str, db: &TestDb) -> String {
+    format!(
+        r#"
+[service]
+log_dir = ""
+status_interval_secs = 1
+spool_dir = "{spill}/spool"
+{feeds}
+[[sink]]
+name = "influx"
+plugin = "influxdb"
+url = "{url}"
+database = "{db}"
+flush_interval_ms = 100
+quarantine_dir = "{spill}/quarantine"
+"#,
+        spill = std::env::temp_dir().join(format!("ds-e2e-{}", db.name)).display(),
+        url = db.url,
+        db = db.name,
+    )
+}
+
 /// Polls until `cond` holds or `timeout` passes; returns whether it held.
 pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
 where

@@ -1,0 +1,191 @@
+//! Bybit hot paths on the real captures: order book parse + BookSync + line-protocol encode
+//! (what the service runs per frame) over `orderbook_200_{spot,linear}_2026-08-09.jsonl`,
+//! and trade parse + encode over `public_trade_*`, each against the serde_json `IgnoredAny`
+//! floor measured in the same run.
+//!
+//!   cargo bench -p connector-bybit --bench orderbook
+//!
+//! Needs ../shared/fixtures (the recorded traffic); exits with an error when it is missing.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+
+use connector_bybit::options::Category;
+use connector_bybit::parser::{BookFrame, OrderbookParser, TradeFrame, TradeParser};
+use connector_bybit::session::{TopicFeed, TradeTopics};
+use connector_bybit::book_sync::{BookMessage, BookSync};
+use ds_api::line_protocol::LineProtocol;
+use ds_api::traits::Parser;
+use ds_api::{FeedStats, Instrument};
+
+struct Capture {
+    /// (market, frame) in capture order, spot then linear.
+    books: Vec<(&'static str, String)>,
+    levels: u64,
+    trades: Vec<(Category, String)>,
+    trade_count: u64,
+}
+
+fn load() -> Capture {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/bybit");
+    let read = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("bench needs ../shared/fixtures/bybit ({}): {e}", dir.display()))
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let mut books = Vec::new();
+    for (market, file) in [("spot", "orderbook_200_spot_2026-08-09.jsonl"), ("linear", "orderbook_200_linear_2026-08-09.jsonl")] {
+        books.extend(read(file).into_iter().map(|f| (market, f)));
+    }
+    let levels = books
+        .iter()
+        .map(|(_, f)| match OrderbookParser.parse(f.as_bytes()).unwrap() {
+            BookFrame::Update(u) => (u.bids.len() + u.asks.len()) as u64,
+            BookFrame::Reply(_) => 0,
+        })
+        .sum();
+    let mut trades = Vec::new();
+    for (cat, file) in [(Category::Spot, "public_trade_spot_2026-08-09.jsonl"), (Category::Linear, "public_trade_linear_2026-08-09.jsonl")] {
+        trades.extend(read(file).into_iter().map(|f| (cat, f)));
+    }
+    let trade_count = trades
+        .iter()
+        .map(|(_, f)| match TradeParser.parse(f.as_bytes()).unwrap() {
+            TradeFrame::Trades { trades, .. } => trades.len() as u64,
+            TradeFrame::Reply(_) => 0,
+        })
+        .sum();
+    Capture { books, levels, trades, trade_count }
+}
+
+/// The service path for order books: one pass over both captures with fresh books.
+fn book_path(c: &Capture, out: &mut Vec<u8>) -> usize {
+    let stats = FeedStats::default();
+    let mut books: Vec<(&'static str, String, BookSync)> = Vec::new();
+    let mut packets = Vec::with_capacity(4);
+    let mut points = 0;
+    for (market, f) in &c.books {
+        if let Ok(BookFrame::Update(u)) = OrderbookParser.parse(f.as_bytes()) {
+            let i = match books.iter().position(|(m, t, _)| m == market && t == u.topic) {
+                Some(i) => i,
+                None => {
+                    let inst = Instrument { exchange: "bybit", market, symbol: Arc::from(u.symbol) };
+                    books.push((market, u.topic.to_string(), BookSync::new(inst)));
+                    books.len() - 1
+                }
+            };
+            books[i].2.on_message(BookMessage::from_update(u, 1), &mut packets, &stats);
+        }
+        for p in packets.drain(..) {
+            points += LineProtocol::encode(&p, out);
+        }
+        out.clear();
+    }
+    points
+}
+
+/// Parsing alone (typed levels, validated decimals), to show where the service path spends.
+fn parse_only(c: &Capture) -> usize {
+    c.books.iter().filter_map(|(_, f)| OrderbookParser.parse(f.as_bytes()).ok()).count()
+}
+
+/// The service path for trades: parse, one packet per trade, encode.
+fn trade_path(c: &Capture, out: &mut Vec<u8>) -> usize {
+    let stats = FeedStats::default();
+    let symbols = ["BTCUSDT".to_string(), "ETHUSDT".to_string(), "SOLUSDT".to_string(), "DOGEUSDT".to_string()];
+    let mut spot = TradeTopics::new(Category::Spot, &symbols);
+    let mut linear = TradeTopics::new(Category::Linear, &symbols);
+    let mut packets = Vec::with_capacity(64);
+    let mut points = 0;
+    for (cat, f) in &c.trades {
+        let feed = if *cat == Category::Spot { &mut spot } else { &mut linear };
+        let _ = feed.on_frame(f.as_bytes(), 1, &mut packets, &stats);
+        for p in packets.drain(..) {
+            points += LineProtocol::encode(&p, out);
+        }
+        out.clear();
+    }
+    points
+}
+
+fn floor<'a>(frames: impl Iterator<Item = &'a String>) -> usize {
+    frames.filter(|f| serde_json::from_str::<serde::de::IgnoredAny>(f).is_ok()).count()
+}
+
+fn median_secs(mut f: impl FnMut(), runs: usize) -> f64 {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[runs / 2]
+}
+
+fn main() {
+    let cap = load();
+    let n = cap.books.len() as u64;
+    let nt = cap.trades.len() as u64;
+    let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    {
+        let mut g = c.benchmark_group("bybit_orderbook_frames");
+        g.throughput(Throughput::Elements(n));
+        g.bench_function("serde_ignored_any_floor", |b| b.iter(|| black_box(floor(cap.books.iter().map(|(_, f)| f)))));
+        g.bench_function("parse_only", |b| b.iter(|| black_box(parse_only(&cap))));
+        let mut out = Vec::with_capacity(1 << 16);
+        g.bench_function("parse_sync_encode", |b| b.iter(|| black_box(book_path(&cap, &mut out))));
+        g.finish();
+    }
+    {
+        let mut g = c.benchmark_group("bybit_orderbook_levels");
+        g.throughput(Throughput::Elements(cap.levels));
+        let mut out = Vec::with_capacity(1 << 16);
+        g.bench_function("parse_sync_encode", |b| b.iter(|| black_box(book_path(&cap, &mut out))));
+        g.finish();
+    }
+    {
+        let mut g = c.benchmark_group("bybit_trade_frames");
+        g.throughput(Throughput::Elements(nt));
+        g.bench_function("serde_ignored_any_floor", |b| b.iter(|| black_box(floor(cap.trades.iter().map(|(_, f)| f)))));
+        let mut out = Vec::with_capacity(1 << 16);
+        g.bench_function("parse_encode", |b| b.iter(|| black_box(trade_path(&cap, &mut out))));
+        g.finish();
+    }
+    c.final_summary();
+
+    // Summary lines with the ratio, medians of 31 passes each.
+    let mut out = Vec::with_capacity(1 << 16);
+    let t_floor = median_secs(|| { black_box(floor(cap.books.iter().map(|(_, f)| f))); }, 31);
+    let t_parse = median_secs(|| { black_box(parse_only(&cap)); }, 31);
+    let t_path = median_secs(|| { black_box(book_path(&cap, &mut out)); }, 31);
+    println!(
+        "bybit orderbook: {} frames, {} levels | floor {:.0} frames/s | parse only {:.0} frames/s | service path {:.0} frames/s, {:.0} levels/s | ratio to floor {:.2}",
+        n,
+        cap.levels,
+        n as f64 / t_floor,
+        n as f64 / t_parse,
+        n as f64 / t_path,
+        cap.levels as f64 / t_path,
+        t_floor / t_path
+    );
+    let t_floor = median_secs(|| { black_box(floor(cap.trades.iter().map(|(_, f)| f))); }, 101);
+    let t_path = median_secs(|| { black_box(trade_path(&cap, &mut out)); }, 101);
+    println!(
+        "bybit trades: {} frames, {} trades | floor {:.0} frames/s | service path {:.0} frames/s, {:.0} trades/s | ratio to floor {:.2}",
+        nt,
+        cap.trade_count,
+        nt as f64 / t_floor,
+        nt as f64 / t_path,
+        cap.trade_count as f64 / t_path,
+        t_floor / t_path
+    );
+}

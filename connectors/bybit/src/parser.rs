@@ -1,0 +1,256 @@
+//! `OrderbookParser` and `TradeParser`: one websocket frame -> a typed push or an `op` answer.
+//! Pure and per frame, so the benchmark measures them together with the sync step and the
+//! line-protocol encoding.
+
+use ds_api::traits::Parser;
+use ds_api::{Decimal, Level, ParseError, Side};
+
+use crate::wire::{BookData, FrameWire, TradeWire};
+
+/// What an order book push is. A snapshot replaces the book; a delta changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateKind {
+    Snapshot,
+    Delta,
+}
+
+/// A parsed `orderbook.{depth}.{symbol}` push, before sequence checking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookUpdate<'a> {
+    pub topic: &'a str,
+    /// `data.s`.
+    pub symbol: &'a str,
+    pub kind: UpdateKind,
+    /// `data.u`.
+    pub update_id: u64,
+    /// `data.seq`, the cross sequence.
+    pub cross_seq: Option<u64>,
+    /// `cts` (matching-engine time) when present, else `ts`: the instant the book state
+    /// describes, comparable with trade times.
+    pub event_time_ms: Option<i64>,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+/// One public trade, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedTrade<'a> {
+    pub symbol: &'a str,
+    pub trade_id: std::borrow::Cow<'a, str>,
+    pub price: Decimal,
+    pub size: Decimal,
+    pub taker_side: Side,
+    /// `T`, ms.
+    pub time_ms: i64,
+}
+
+/// What an `op` answer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpKind {
+    Subscribe,
+    Unsubscribe,
+    /// The answer to our `{"op":"ping"}`: `op` is `ping` (public shape) or `pong` (the
+    /// private shape, which some public sockets also send).
+    Pong,
+    Other(String),
+}
+
+/// An answer to one of our requests. Owned: these are rare, and the session keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpReply {
+    pub op: OpKind,
+    /// Absent means success (pongs in the private shape carry no `success`).
+    pub success: bool,
+    pub ret_msg: String,
+    /// Non-empty `req_id` when Bybit echoed it (linear does, spot acks do not).
+    pub req_id: Option<String>,
+}
+
+/// A frame on an order book connection.
+#[derive(Debug, PartialEq)]
+pub enum BookFrame<'a> {
+    Update(BookUpdate<'a>),
+    Reply(OpReply),
+}
+
+/// A frame on a trade connection.
+#[derive(Debug, PartialEq)]
+pub enum TradeFrame<'a> {
+    Trades { topic: &'a str, trades: Vec<ParsedTrade<'a>> },
+    Reply(OpReply),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OrderbookParser;
+
+impl Parser for OrderbookParser {
+    type Output<'a> = BookFrame<'a>;
+
+    fn parse<'a>(&self, frame: &'a [u8]) -> Result<BookFrame<'a>, ParseError> {
+        let w: FrameWire<'a, BookData<'a>> = serde_json::from_slice(frame)?;
+        if let Some(reply) = op_reply(&w) {
+            return Ok(BookFrame::Reply(reply));
+        }
+        let topic = w.topic.ok_or_else(|| ParseError::UnknownMessage("neither `topic` nor `op`".into()))?;
+        let data = w.data.ok_or_else(|| ParseError::Other(format!("{topic} push without `data`")))?;
+        let kind = match w.kind {
+            Some("snapshot") => UpdateKind::Snapshot,
+            Some("delta") => UpdateKind::Delta,
+            other => return Err(ParseError::UnknownMessage(format!("{topic} push of type {other:?}"))),
+        };
+        Ok(BookFrame::Update(BookUpdate {
+            topic,
+            symbol: data.symbol,
+            kind,
+            update_id: data.u,
+            cross_seq: data.seq,
+            event_time_ms: w.cts.or(w.ts),
+            bids: data.bids,
+            asks: data.asks,
+        }))
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TradeParser;
+
+impl Parser for TradeParser {
+    type Output<'a> = TradeFrame<'a>;
+
+    fn parse<'a>(&self, frame: &'a [u8]) -> Result<TradeFrame<'a>, ParseError> {
+        let w: FrameWire<'a, Vec<TradeWire<'a>>> = serde_json::from_slice(frame)?;
+        if let Some(reply) = op_reply(&w) {
+            return Ok(TradeFrame::Reply(reply));
+        }
+        let topic = w.topic.ok_or_else(|| ParseError::UnknownMessage("neither `topic` nor `op`".into()))?;
+        let data = w.data.ok_or_else(|| ParseError::Other(format!("{topic} push without `data`")))?;
+        let trades = data
+            .into_iter()
+            .map(|t| {
+                Ok(ParsedTrade {
+                    symbol: t.symbol,
+                    trade_id: t.id,
+                    price: Decimal::parse(t.price)?,
+                    size: Decimal::parse(t.size)?,
+                    taker_side: match t.side {
+                        "Buy" => Side::Bid,
+                        "Sell" => Side::Ask,
+                        other => return Err(ParseError::Other(format!("trade side {other:?} is neither Buy nor Sell"))),
+                    },
+                    time_ms: t.time,
+                })
+            })
+            .collect::<Result<Vec<_>, ParseError>>()?;
+        Ok(TradeFrame::Trades { topic, trades })
+    }
+}
+
+fn op_reply<D>(w: &FrameWire<'_, D>) -> Option<OpReply> {
+    let op = w.op.as_deref()?;
+    let ret_msg = w.ret_msg.as_deref().unwrap_or("");
+    let kind = match op {
+        "subscribe" => OpKind::Subscribe,
+        "unsubscribe" => OpKind::Unsubscribe,
+        "ping" | "pong" => OpKind::Pong,
+        other => OpKind::Other(other.to_string()),
+    };
+    Some(OpReply {
+        op: kind,
+        success: w.success.unwrap_or(true),
+        ret_msg: ret_msg.to_string(),
+        req_id: w.req_id.as_deref().filter(|r| !r.is_empty()).map(str::to_string),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (topic, kind, u, bids, asks, event time) or an error fragment.
+    type BookExpect = Result<(&'static str, UpdateKind, u64, usize, usize, i64), &'static str>;
+
+    struct Case {
+        input: &'static str,
+        expect: BookExpect,
+    }
+
+    #[test]
+    fn book_frames_table() {
+        let cases = [
+            // 0: spot snapshot, `ts` before `type` (orderbook_200_spot_2026-08-09.jsonl, cut)
+            Case {
+                input: r#"{"topic":"orderbook.200.BTCUSDT","ts":1786310816516,"type":"snapshot","data":{"s":"BTCUSDT","b":[["65140.4","0.885797"],["65140","0.014"]],"a":[["65140.5","0.532"]],"u":7461296,"seq":112488544036},"cts":1786310816513}"#,
+                expect: Ok(("orderbook.200.BTCUSDT", UpdateKind::Snapshot, 7461296, 2, 1, 1786310816513)),
+            },
+            // 1: linear delta, `type` before `ts`, one side empty
+            Case {
+                input: r#"{"topic":"orderbook.200.ETHUSDT","type":"delta","ts":1786310818200,"data":{"s":"ETHUSDT","b":[],"a":[["1922.51","0"]],"u":35124470,"seq":430879430000},"cts":1786310818198}"#,
+                expect: Ok(("orderbook.200.ETHUSDT", UpdateKind::Delta, 35124470, 0, 1, 1786310818198)),
+            },
+            // 2: no `cts`: the push time stands in
+            Case {
+                input: r#"{"topic":"orderbook.1.X","type":"snapshot","ts":5,"data":{"s":"X","b":[],"a":[],"u":1}}"#,
+                expect: Ok(("orderbook.1.X", UpdateKind::Snapshot, 1, 0, 0, 5)),
+            },
+            // 3: unknown push type
+            Case { input: r#"{"topic":"orderbook.1.X","type":"partial","ts":5,"data":{"s":"X","b":[],"a":[],"u":1}}"#, expect: Err("type Some(\"partial\")") },
+            // 4: missing u
+            Case { input: r#"{"topic":"orderbook.1.X","type":"delta","ts":5,"data":{"s":"X","b":[],"a":[]}}"#, expect: Err("missing field `u`") },
+            // 5: a size that is not a number
+            Case { input: r#"{"topic":"orderbook.1.X","type":"delta","data":{"s":"X","b":[["1","inf"]],"a":[],"u":2}}"#, expect: Err("invalid number") },
+            // 6: neither a push nor an answer
+            Case { input: r#"{"hello":1}"#, expect: Err("neither `topic` nor `op`") },
+            // 7: not JSON
+            Case { input: r#"{"topic":"#, expect: Err("invalid JSON") },
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            match (&c.expect, OrderbookParser.parse(c.input.as_bytes())) {
+                (Ok((topic, kind, u, nb, na, t)), Ok(BookFrame::Update(b))) => {
+                    assert_eq!((b.topic, b.kind, b.update_id, b.bids.len(), b.asks.len(), b.event_time_ms), (*topic, *kind, *u, *nb, *na, Some(*t)), "case {i}")
+                }
+                (Err(want), Err(e)) => assert!(e.to_string().contains(want), "case {i}: {e}"),
+                (want, got) => panic!("case {i}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn both_ack_shapes_a_refusal_and_both_pong_shapes() {
+        let reply = |s: &str| match OrderbookParser.parse(s.as_bytes()).unwrap() {
+            BookFrame::Reply(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let linear = reply(r#"{"success":true,"ret_msg":"","conn_id":"d8bu1olkndm7crnfs1e0-j6akw","req_id":"","op":"subscribe"}"#);
+        assert_eq!(linear, OpReply { op: OpKind::Subscribe, success: true, ret_msg: String::new(), req_id: None });
+        let spot = reply(r#"{"success":true,"ret_msg":"subscribe","conn_id":"d9avt8shteepr00gfc1g-4zd1x","op":"subscribe"}"#);
+        assert_eq!((spot.op, spot.success, spot.req_id), (OpKind::Subscribe, true, None));
+        let echoed = reply(r#"{"success":true,"ret_msg":"","conn_id":"c","req_id":"7","op":"unsubscribe"}"#);
+        assert_eq!((echoed.op, echoed.req_id.as_deref()), (OpKind::Unsubscribe, Some("7")));
+        let refused = reply(r#"{"success":false,"ret_msg":"Invalid topic: invalid.topic.BTCUSDT","conn_id":"cejreaspqfm9se7usbrg-2xh","op":"subscribe"}"#);
+        assert!(!refused.success);
+        assert_eq!(refused.ret_msg, "Invalid topic: invalid.topic.BTCUSDT");
+        let pong = reply(r#"{"success":true,"ret_msg":"pong","conn_id":"0970e817-426e-429a-a679-ff7f55e0b16a","op":"ping"}"#);
+        assert_eq!(pong.op, OpKind::Pong);
+        let private_shape = reply(r#"{"req_id":"p1","op":"pong","args":["1675418560633"],"conn_id":"cfcb4ocsvfriu23r3er0-1b"}"#);
+        assert_eq!((private_shape.op, private_shape.success), (OpKind::Pong, true));
+        // Trade connections see the same answers.
+        assert!(matches!(TradeParser.parse(br#"{"success":true,"ret_msg":"pong","conn_id":"x","op":"ping"}"#).unwrap(), TradeFrame::Reply(OpReply { op: OpKind::Pong, .. })));
+    }
+
+    #[test]
+    fn trades_of_both_categories() {
+        // public_trade_linear_2026-08-09.jsonl line 2 (cut to two trades sharing a millisecond)
+        let linear = r#"{"topic":"publicTrade.ETHUSDT","type":"snapshot","ts":1786310820347,"data":[{"T":1786310820346,"s":"ETHUSDT","S":"Buy","v":"0.01","p":"1922.50","L":"PlusTick","i":"19d7df56-4f10-5290-a969-d9d9f2c74cc3","BT":false,"RPI":false,"seq":430879434439},{"T":1786310820346,"s":"ETHUSDT","S":"Sell","v":"1.30","p":"1922.50","L":"ZeroPlusTick","i":"4d4ad26c-901f-5146-adc0-1db29b6b9ab6","BT":false,"RPI":false,"seq":430879434439}]}"#;
+        let TradeFrame::Trades { topic, trades } = TradeParser.parse(linear.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(topic, "publicTrade.ETHUSDT");
+        assert_eq!(trades.len(), 2);
+        assert_eq!((trades[0].trade_id.as_ref(), trades[0].taker_side, trades[0].time_ms), ("19d7df56-4f10-5290-a969-d9d9f2c74cc3", Side::Bid, 1786310820346));
+        assert_eq!((trades[1].price.as_str(), trades[1].size.as_str(), trades[1].taker_side), ("1922.50", "1.30", Side::Ask));
+        // public_trade_spot_2026-08-09.jsonl line 1: no `L`, numeric-string id, `ts` first
+        let spot = r#"{"topic":"publicTrade.ETHUSDT","ts":1786310821917,"type":"snapshot","data":[{"i":"2280000001739247417","T":1786310821917,"p":"1923.28","v":"0.04537","S":"Sell","seq":178477362706,"s":"ETHUSDT","BT":false,"RPI":false}]}"#;
+        let TradeFrame::Trades { trades, .. } = TradeParser.parse(spot.as_bytes()).unwrap() else { panic!() };
+        assert_eq!((trades[0].trade_id.as_ref(), trades[0].symbol), ("2280000001739247417", "ETHUSDT"));
+        let bad = r#"{"topic":"publicTrade.X","type":"snapshot","ts":1,"data":[{"i":"1","T":1,"p":"1","v":"1","S":"Hold","s":"X"}]}"#;
+        assert!(TradeParser.parse(bad.as_bytes()).unwrap_err().to_string().contains("\"Hold\""));
+    }
+}
