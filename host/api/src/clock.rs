@@ -39,9 +39,44 @@ pub fn reserve_now(points: usize) -> i64 {
     reserve(now_ns(), points)
 }
 
+/// Year, month, day of a day count since the Unix epoch, UTC, proleptic Gregorian (Howard
+/// Hinnant's days-to-civil), so file names need no calendar crate.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `YYYYMMDD` of a Unix time in seconds, UTC.
+pub fn yyyymmdd(unix_secs: i64) -> String {
+    let (y, m, d) = civil_from_days(unix_secs.div_euclid(86_400));
+    format!("{y:04}{m:02}{d:02}")
+}
+
+/// `YYYYMMDD-HHMMSS` of a Unix time in seconds, UTC.
+pub fn yyyymmdd_hhmmss(unix_secs: i64) -> String {
+    let sod = unix_secs.rem_euclid(86_400);
+    format!("{}-{:02}{:02}{:02}", yyyymmdd(unix_secs), sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_calendar_names() {
+        assert_eq!(yyyymmdd(0), "19700101");
+        assert_eq!(yyyymmdd(951_782_400), "20000229");
+        assert_eq!(yyyymmdd(1_709_251_199), "20240229");
+        assert_eq!(yyyymmdd(-1), "19691231");
+        assert_eq!(yyyymmdd_hhmmss(1_709_251_200 + 3_723), "20240301-010203");
+    }
 
     #[test]
     fn runs_never_overlap_even_for_the_same_instant() {

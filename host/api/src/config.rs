@@ -111,6 +111,24 @@ pub fn parse_options<T: DeserializeOwned>(scope: &str, options: &toml::Table) ->
     Err(errors)
 }
 
+/// [`parse_options`], but still yields the options when some keys are bad, so the value checks
+/// that follow can report their problems in the same run. The bad keys (unknown, badly typed)
+/// are already reported; they are dropped and read as their defaults.
+pub fn parse_options_lenient<T: DeserializeOwned>(scope: &str, options: &toml::Table) -> (Option<T>, Vec<ConfigError>) {
+    match parse_options::<T>(scope, options) {
+        Ok(v) => (Some(v), Vec::new()),
+        Err(errors) => {
+            let mut table = options.clone();
+            for e in &errors {
+                if let Some(top) = e.key.split('.').next() {
+                    table.remove(top);
+                }
+            }
+            (parse_options::<T>(scope, &table).ok(), errors)
+        }
+    }
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").trim().to_string()
 }

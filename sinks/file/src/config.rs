@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ds_api::{ConfigError, SinkSpec};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 pub const DEFAULT_DIR: &str = "data";
@@ -57,7 +56,7 @@ pub struct FileConfig {
 impl FileConfig {
     pub fn from_spec(spec: &SinkSpec) -> Result<Self, Vec<ConfigError>> {
         let scope = spec.scope();
-        let (opts, mut errors) = parse_lenient::<Options>(&scope, &spec.options);
+        let (opts, mut errors) = ds_api::config::parse_options_lenient::<Options>(&scope, &spec.options);
         let Some(o) = opts else { return Err(errors) };
         if o.dir.as_os_str().is_empty() && !errors.iter().any(|e| e.key == "dir") {
             errors.push(ConfigError::new(&scope, "dir", "must not be empty"));
@@ -76,23 +75,6 @@ impl FileConfig {
             fsync_every: Duration::from_secs(o.fsync_every_secs),
             gzip: o.gzip,
         })
-    }
-}
-
-/// [`ds_api::parse_options`], but still yields the options when some keys are bad, so the
-/// value checks can report in the same run; the bad keys read as their defaults.
-fn parse_lenient<T: DeserializeOwned>(scope: &str, options: &toml::Table) -> (Option<T>, Vec<ConfigError>) {
-    match ds_api::parse_options::<T>(scope, options) {
-        Ok(v) => (Some(v), Vec::new()),
-        Err(errors) => {
-            let mut table = options.clone();
-            for e in &errors {
-                if let Some(top) = e.key.split('.').next() {
-                    table.remove(top);
-                }
-            }
-            (ds_api::parse_options::<T>(scope, &table).ok(), errors)
-        }
     }
 }
 

@@ -203,21 +203,9 @@ impl Rotator {
     }
 }
 
-/// `YYYYMMDD-HHMMSS` of a unix time, UTC, without a calendar crate (Howard Hinnant's
-/// days-to-civil).
+/// `YYYYMMDD-HHMMSS` of a unix time, UTC.
 pub fn timestamp_name(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let sod = unix_secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", sod / 3600, sod % 3600 / 60, sod % 60)
+    ds_api::clock::yyyymmdd_hhmmss(unix_secs)
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use ds_api::{ConfigError, Secret, SinkSpec};
 use reqwest::Url;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::retry::RetrySettings;
@@ -99,7 +98,7 @@ impl InfluxConfig {
     /// Parses and validates a `[[sink]]` table, reporting every problem at once.
     pub fn from_spec(spec: &SinkSpec) -> Result<Self, Vec<ConfigError>> {
         let scope = spec.scope();
-        let (opts, mut errors) = parse_lenient::<Options>(&scope, &spec.options);
+        let (opts, mut errors) = ds_api::config::parse_options_lenient::<Options>(&scope, &spec.options);
         let Some(o) = opts else { return Err(errors) };
         let already: Vec<String> = errors.iter().map(|e| e.key.clone()).collect();
         let mut err = |key: &str, msg: String| {
@@ -218,24 +217,6 @@ impl InfluxConfig {
             quarantine_dir: o.quarantine_dir,
             retry: RetrySettings { max_retries: o.max_retries, ..RetrySettings::default() },
         })
-    }
-}
-
-/// [`ds_api::parse_options`], but still yields the options when some keys are bad, so the
-/// value checks that follow can report their problems in the same run. The bad keys (unknown,
-/// badly typed) are already reported; they are dropped and read as their defaults.
-pub(crate) fn parse_lenient<T: DeserializeOwned>(scope: &str, options: &toml::Table) -> (Option<T>, Vec<ConfigError>) {
-    match ds_api::parse_options::<T>(scope, options) {
-        Ok(v) => (Some(v), Vec::new()),
-        Err(errors) => {
-            let mut table = options.clone();
-            for e in &errors {
-                if let Some(top) = e.key.split('.').next() {
-                    table.remove(top);
-                }
-            }
-            (ds_api::parse_options::<T>(scope, &table).ok(), errors)
-        }
     }
 }
 

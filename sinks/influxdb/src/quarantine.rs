@@ -80,24 +80,9 @@ fn append_durably(dir: &Path, path: &Path, text: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `YYYYMMDD` of a unix time in seconds, UTC (proleptic Gregorian; Howard Hinnant's
-/// days-to-civil), so the file name needs no calendar crate.
+/// `YYYYMMDD` of a unix time in seconds, UTC.
 pub fn yyyymmdd(unix_secs: i64) -> String {
-    let (y, m, d) = civil_from_days(unix_secs.div_euclid(86_400));
-    format!("{y:04}{m:02}{d:02}")
-}
-
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    ds_api::clock::yyyymmdd(unix_secs)
 }
 
 #[cfg(test)]
