@@ -3,6 +3,7 @@
 
 extern crate connector_binance;
 extern crate connector_bybit;
+extern crate connector_huobi;
 extern crate sink_file;
 extern crate sink_influxdb;
 

@@ -19,6 +19,7 @@ pub mod bybit_book;
 pub mod book;
 pub mod fixtures;
 pub mod http;
+pub mod huobi;
 pub mod influx;
 pub mod influxd;
 

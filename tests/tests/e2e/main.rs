@@ -5,4 +5,5 @@
 mod binance;
 mod durability;
 mod bybit;
+mod huobi;
 mod support;
