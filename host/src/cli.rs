@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `check`, `plugins`.
+//! The command line: `run` (default), `check [--online]`, `plugins`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use ds_api::ConfigError;
 
-use crate::config;
+use crate::{config, online_check};
 
 /// Exit code for an invalid configuration (contract 7).
 pub const EXIT_CONFIG: u8 = 2;
@@ -27,7 +27,13 @@ pub enum Command {
     /// Run the feeds (the default).
     Run,
     /// Validate the configuration without connecting anywhere; exit code 2 when invalid.
-    Check,
+    Check {
+        /// Also ask every exchange whether the configured symbols exist and trade, and reach
+        /// every sink (InfluxDB ping and an empty write: database, credentials); exit code 2
+        /// on any problem.
+        #[arg(long)]
+        online: bool,
+    },
     /// List the registered connector and sink plugins.
     Plugins,
 }
@@ -52,14 +58,34 @@ pub fn plugins() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn check(path: &std::path::Path) -> ExitCode {
+pub fn check(path: &std::path::Path, online: bool) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
             println!("{}: valid: {} feed(s) enabled, {} disabled, {} sink(s) in use", path.display(), c.feeds.len(), c.disabled_feeds.len(), c.sinks.len());
             for f in &c.feeds {
                 println!("  feed {:<24} {:<24} -> sink {}", f.name, f.connector, f.sink);
             }
-            ExitCode::SUCCESS
+            if !online {
+                return ExitCode::SUCCESS;
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let problems = runtime.block_on(online_check::run(c));
+            if problems.is_empty() {
+                println!("online: every check passed");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: {}: the online check found {} problem(s):", path.display(), problems.len());
+                for p in &problems {
+                    eprintln!("  - {p}");
+                }
+                ExitCode::from(EXIT_CONFIG)
+            }
         }
         Err(errors) => {
             report_config_errors(path, &errors);

@@ -3,6 +3,7 @@
 //! ```toml
 //! [service]                       # optional; every key has a default
 //! log_level = "info"              # RUST_LOG wins when set
+//! metrics_addr = "127.0.0.1:9898" # Prometheus /metrics and /health; unset = off
 //!
 //! [[feed]]
 //! name = "binance-spot"           # unique; names the feed in logs and errors
@@ -23,6 +24,7 @@
 //! replaced by the environment variable, so secrets stay out of the file.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,11 +49,28 @@ pub struct ServiceConfig {
     /// take yet (down, slow, or at stop), written to it in order when it is back, kept across
     /// restarts.
     pub spool_dir: String,
+    /// `host:port` of the Prometheus `/metrics` and `/health` endpoint; unset = off.
+    pub metrics_addr: Option<String>,
+    /// `/health`: a feed with no data for this long, or a sink with data waiting and no
+    /// successful write for this long, is unhealthy. A feed may override it (a REST-polling
+    /// feed needs more than its poll interval).
+    pub health_stale_secs: u64,
 }
+
+/// Long enough that a quiet minute on a busy book (Binance sends depth updates every 100 ms
+/// while anything changes) is not mistaken for an outage; short enough for an alert.
+pub const DEFAULT_HEALTH_STALE_SECS: u64 = 60;
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { log_level: "info".into(), log_dir: "logs".into(), status_interval_secs: 10, spool_dir: "data/spool".into() }
+        ServiceConfig {
+            log_level: "info".into(),
+            log_dir: "logs".into(),
+            status_interval_secs: 10,
+            spool_dir: "data/spool".into(),
+            metrics_addr: None,
+            health_stale_secs: DEFAULT_HEALTH_STALE_SECS,
+        }
     }
 }
 
@@ -61,6 +80,8 @@ pub struct Feed {
     pub connector: &'static str,
     pub sink: String,
     pub listener: Box<dyn Listener>,
+    /// `/health`: no data for this long = stale (`health_stale_secs`, per feed or `[service]`).
+    pub health_stale: Duration,
 }
 
 /// A validated sink, ready to run.
@@ -75,6 +96,8 @@ pub struct SinkEntry {
 pub struct Config {
     pub path: PathBuf,
     pub service: ServiceConfig,
+    /// `service.metrics_addr`, parsed.
+    pub metrics_addr: Option<SocketAddr>,
     pub feeds: Vec<Feed>,
     /// Only the sinks some enabled feed writes to.
     pub sinks: Vec<SinkEntry>,
@@ -111,6 +134,16 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
         errors.extend(e);
         ServiceConfig::default()
     });
+    let metrics_addr = service.metrics_addr.as_deref().and_then(|a| match a.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.push(ConfigError::new("[service]", "metrics_addr", format!("expected ip:port such as \"127.0.0.1:9898\", got {a:?}")));
+            None
+        }
+    });
+    if service.health_stale_secs == 0 {
+        errors.push(ConfigError::new("[service]", "health_stale_secs", "must be at least 1"));
+    }
     let mut feed_tables = take_array(&mut root, "feed", &mut errors);
     let mut sink_tables = take_array(&mut root, "sink", &mut errors);
     for (kind, tables) in [("feed", &mut feed_tables), ("sink", &mut sink_tables)] {
@@ -163,6 +196,14 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
                 true
             }
         };
+        let health_stale = match t.remove("health_stale_secs") {
+            None => Duration::from_secs(service.health_stale_secs.max(1)),
+            Some(toml::Value::Integer(n)) if n >= 1 => Duration::from_secs(n as u64),
+            Some(v) => {
+                errors.push(ConfigError::new(&scope, "health_stale_secs", format!("expected an integer >= 1, got {v}")));
+                Duration::from_secs(service.health_stale_secs.max(1))
+            }
+        };
         let symbols = match t.remove("symbols") {
             None => {
                 errors.push(ConfigError::new(&scope, "symbols", "missing (a list of symbols, or \"all\")"));
@@ -190,16 +231,19 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
                 None
             }
         });
-        if !enabled {
-            disabled_feeds.push(name);
+        let (Some(plugin), Some(symbols), Some(sink)) = (plugin, symbols, sink) else {
+            if !enabled {
+                disabled_feeds.push(name);
+            }
             continue;
-        }
-        let (Some(plugin), Some(symbols), Some(sink)) = (plugin, symbols, sink) else { continue };
+        };
+        // A disabled feed is validated too, so enabling it later holds no surprise.
         let spec = FeedSpec { name: name.clone(), symbols, options: t };
         match (plugin.build)(&spec) {
+            Ok(_) if !enabled => disabled_feeds.push(name),
             Ok(listener) => {
                 used_sinks.insert(sink.clone());
-                feeds.push(Feed { name, connector: plugin.name, sink, listener });
+                feeds.push(Feed { name, connector: plugin.name, sink, listener, health_stale });
             }
             Err(e) => errors.extend(e),
         }
@@ -226,7 +270,7 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
         errors.push(ConfigError::new("config", "feed", "no enabled [[feed]]: nothing to do"));
     }
     if errors.is_empty() {
-        Ok(Config { path: path.to_path_buf(), service, feeds, sinks, disabled_feeds })
+        Ok(Config { path: path.to_path_buf(), service, metrics_addr, feeds, sinks, disabled_feeds })
     } else {
         Err(errors)
     }

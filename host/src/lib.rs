@@ -7,7 +7,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod health;
+pub mod http_endpoint;
 pub mod logging;
+pub mod metrics;
+pub mod online_check;
 pub mod plugins;
 pub mod run;
 pub mod status;

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Plugins => cli::plugins(),
-        Command::Check => cli::check(&cli.config),
+        Command::Check { online } => cli::check(&cli.config, online),
         Command::Run => {
             let config = match config::load(&cli.config) {
                 Ok(c) => c,

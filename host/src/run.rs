@@ -13,7 +13,8 @@ use ds_api::buffer::{packet_channel, Buffer, PacketSender};
 use ds_api::{shutdown_pair, FeedContext, FeedStats, SinkStats};
 
 use crate::config::Config;
-use crate::status::{self, StatsRegistry, StatusLine};
+use crate::http_endpoint;
+use crate::status::{self, FeedMeta, StatsRegistry, StatusLine};
 
 /// Listeners get this long to hand over their last packets after the stop signal.
 const LISTENER_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -29,7 +30,25 @@ pub struct RunReport {
 /// Runs the configured feeds until `stop` resolves, then stops cleanly.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
     let (trigger, shutdown) = shutdown_pair();
-    let mut registry = StatsRegistry::default();
+    let mut registry = StatsRegistry {
+        sink_stale: Duration::from_secs(config.service.health_stale_secs.max(1)),
+        started_ns: ds_api::clock::now_ns(),
+        ..StatsRegistry::default()
+    };
+    // Bound before anything starts: a port in use fails the start, not the first scrape.
+    let metrics_listener = match config.metrics_addr {
+        None => None,
+        Some(addr) => match http_endpoint::bind(addr).await {
+            Ok(l) => {
+                info!(addr = %l.local_addr().unwrap_or(addr), "serving /metrics and /health");
+                Some(l)
+            }
+            Err(e) => {
+                error!(%addr, error = %e, "cannot listen on service.metrics_addr; not starting");
+                return RunReport { stats: registry, failed: true };
+            }
+        },
+    };
 
     let mut senders: HashMap<String, PacketSender> = HashMap::new();
     let mut buffers = JoinSet::new();
@@ -53,6 +72,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
     for feed in config.feeds {
         let stats = Arc::new(FeedStats::default());
         let out = senders.get(&feed.sink).expect("config checked that the sink exists").clone();
+        let out = out.for_feed(stats.clone());
         let ctx = FeedContext { feed: Arc::from(feed.name.as_str()), out, stats: stats.clone(), shutdown: shutdown.clone() };
         info!(feed = %feed.name, connector = feed.connector, sink = %feed.sink, "feed starting");
         let name = feed.name.clone();
@@ -63,6 +83,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
             }
         });
         registry.feeds.push((feed.name, stats));
+        registry.feed_meta.push(FeedMeta { connector: feed.connector, health_stale: feed.health_stale });
     }
     for name in &config.disabled_feeds {
         info!(feed = %name, "feed disabled in config");
@@ -72,6 +93,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
 
     let status_task = (config.service.status_interval_secs > 0)
         .then(|| tokio::spawn(status::run(registry.clone(), Duration::from_secs(config.service.status_interval_secs))));
+    // Served until the buffers are done, so a scrape during the drain sees it.
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(http_endpoint::serve(l, registry.clone())));
 
     stop.await;
     info!("stopping: closing connections, draining buffers");
@@ -92,6 +115,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
     }
     while buffers.join_next().await.is_some() {}
     if let Some(t) = status_task {
+        t.abort();
+    }
+    if let Some(t) = metrics_task {
         t.abort();
     }
     StatusLine::new(registry.clone()).log_totals();

@@ -13,6 +13,20 @@ use ds_api::{FeedStats, SinkStats};
 pub struct StatsRegistry {
     pub feeds: Vec<(String, Arc<FeedStats>)>,
     pub sinks: Vec<(String, Arc<SinkStats>)>,
+    /// What `/metrics` and `/health` need besides the counters; same order as `feeds`.
+    pub feed_meta: Vec<FeedMeta>,
+    /// `/health`: a sink with data waiting and no successful write for this long is unhealthy.
+    pub sink_stale: Duration,
+    /// When the run started (ns since the epoch): the age of a feed that never got a message.
+    pub started_ns: i64,
+}
+
+/// A feed's static facts, for labels and health.
+#[derive(Debug, Clone)]
+pub struct FeedMeta {
+    pub connector: &'static str,
+    /// No data for this long = stale.
+    pub health_stale: Duration,
 }
 
 /// Remembers the last reading to turn counters into rates.

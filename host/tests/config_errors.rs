@@ -69,7 +69,25 @@ fn each_error_is_named() {
             ),
             expect: &["config: key `servce`: unknown top-level key", "feed \"b\": key `name`: defined twice"],
         },
+        Case {
+            name: "bad metrics and health keys",
+            toml: format!(
+                "[service]\nmetrics_addr = \"localhost\"\nhealth_stale_secs = 0\n[[feed]]\nname = \"b\"\nconnector = \"binance_spot_depth\"\nsymbols = [\"BTCUSDT\"]\nsink = \"files\"\nhealth_stale_secs = \"soon\"\n{SINK}"
+            ),
+            expect: &[
+                "[service]: key `metrics_addr`: expected ip:port",
+                "[service]: key `health_stale_secs`: must be at least 1",
+                "feed \"b\": key `health_stale_secs`: expected an integer >= 1",
+            ],
+        },
         Case { name: "not TOML", toml: "[[feed]\nname=".into(), expect: &["test.toml is not valid TOML"] },
+        Case {
+            name: "a disabled feed is validated too",
+            toml: format!(
+                "[[feed]]\nname = \"on\"\nconnector = \"binance_spot_depth\"\nsymbols = [\"BTCUSDT\"]\nsink = \"files\"\n[[feed]]\nname = \"off\"\nenabled = false\nconnector = \"binance_spot_depth\"\nsymbols = [\"BTCUSDT\"]\nsink = \"files\"\nupdate_speed_ms = 7\n{SINK}"
+            ),
+            expect: &["feed \"off\": key `update_speed_ms`: must be 100 or 1000"],
+        },
         Case {
             name: "nothing enabled",
             toml: format!("[[feed]]\nname = \"b\"\nenabled = false\nconnector = \"binance_spot_depth\"\nsymbols = [\"BTCUSDT\"]\nsink = \"files\"\n{SINK}"),
@@ -92,6 +110,19 @@ fn env_vars_are_expanded_before_plugins_see_them() {
         "[[feed]]\nname = \"b\"\nconnector = \"binance_spot_depth\"\nsymbols = [\"BTCUSDT\"]\nsink = \"files\"\nws_url = \"wss://${{SET_VAR}}.example\"\n{SINK}"
     );
     assert!(errors_of(&toml).is_empty());
+}
+
+#[test]
+fn metrics_address_and_health_windows_are_read() {
+    let toml = format!(
+        "[service]\nmetrics_addr = \"127.0.0.1:9898\"\nhealth_stale_secs = 30\n[[feed]]\nname = \"a\"\nconnector = \"binance_spot_depth\"\nsymbols = [\"BTCUSDT\"]\nsink = \"files\"\n[[feed]]\nname = \"b\"\nconnector = \"binance_spot_snapshot\"\nsymbols = [\"BTCUSDT\"]\nsink = \"files\"\nhealth_stale_secs = 180\n{SINK}"
+    );
+    let cfg = parse(&toml, Path::new("test.toml"), &|_| None).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(cfg.metrics_addr, Some("127.0.0.1:9898".parse().unwrap()));
+    let windows: Vec<u64> = cfg.feeds.iter().map(|f| f.health_stale.as_secs()).collect();
+    assert_eq!(windows, [30, 180], "the service default, then the feed's own");
+    let off = parse(&format!("[[feed]]\nname = \"a\"\nconnector = \"binance_spot_depth\"\nsymbols = [\"BTCUSDT\"]\nsink = \"files\"\n{SINK}"), Path::new("t"), &|_| None).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(off.metrics_addr, None, "off unless set");
 }
 
 #[test]

@@ -7,11 +7,13 @@
 //!
 //! Files: [`wire`] (JSON shapes with samples), [`parser`], [`book_sync`] (the sync rule),
 //! [`session`] (one websocket connection), [`listener`] (symbol resolution and connection
-//! split), [`rest`] (snapshots, symbol list, weight budget), [`options`], [`snapshot_feed`].
+//! split), [`rest`] (snapshots, symbol list, weight budget), [`options`], [`snapshot_feed`],
+//! [`online_check`] (`data-storage check --online`).
 #![forbid(unsafe_code)]
 
 pub mod book_sync;
 pub mod listener;
+pub mod online_check;
 pub mod options;
 pub mod parser;
 pub mod rest;

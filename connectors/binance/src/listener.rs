@@ -10,7 +10,7 @@ use tracing::{error, info};
 use ds_api::backoff::Backoff;
 use ds_api::traits::SymbolHandler;
 use ds_api::ws::{self, SessionConfig, WsSession};
-use ds_api::{async_trait, FeedContext, FeedSpec, Listener, ListenerError, Shutdown, Symbols};
+use ds_api::{async_trait, FeedContext, FeedSpec, Listener, ListenerError, OnlineCheck, Shutdown, Symbols};
 
 use crate::options::DepthOptions;
 use crate::rest::{BinanceRest, ExchangeInfoSymbols};
@@ -95,5 +95,9 @@ impl Listener for DepthListener {
             }
         }
         Ok(())
+    }
+
+    async fn check_online(&mut self) -> OnlineCheck {
+        crate::online_check::check_symbols(&self.options.rest_url, &self.symbols).await
     }
 }

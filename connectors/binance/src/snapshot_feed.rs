@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use ds_api::{async_trait, clock, DataPacket, FeedContext, FeedSpec, Instrument, Listener, ListenerError, Snapshot, Symbols};
+use ds_api::{async_trait, clock, DataPacket, FeedContext, FeedSpec, Instrument, Listener, ListenerError, OnlineCheck, Snapshot, Symbols};
 
 use crate::listener::resolve_symbols;
 use crate::options::SnapshotOptions;
@@ -48,6 +48,8 @@ impl Listener for SnapshotListener {
                 };
                 match result {
                     Ok(s) => {
+                        // A REST-only feed is fresh when its polls succeed (`/health`).
+                        ctx.stats.last_message.set(clock::now_ns());
                         let points = (s.bids.len() + s.asks.len()).max(1);
                         ctx.stats.st.inc();
                         ctx.stats.points.add(points as u64);
@@ -65,5 +67,9 @@ impl Listener for SnapshotListener {
                 }
             }
         }
+    }
+
+    async fn check_online(&mut self) -> OnlineCheck {
+        crate::online_check::check_symbols(&self.options.rest_url, &self.symbols).await
     }
 }

@@ -39,7 +39,8 @@ use crate::packet::DataPacket;
 use crate::plugin::Sink;
 use crate::shutdown::Shutdown;
 use crate::spool::{Pushed, Spool, SpoolFull};
-use crate::stats::{RateLimit, SinkStats};
+use crate::clock::now_ns;
+use crate::stats::{FeedStats, RateLimit, SinkStats};
 
 /// Points per write: InfluxDB's own guidance is 5,000-10,000 lines per request.
 pub const DEFAULT_BATCH_POINTS: usize = 5_000;
@@ -91,9 +92,18 @@ pub struct PacketSender {
     sink: Arc<str>,
     stats: Arc<SinkStats>,
     full_log: Arc<RateLimit>,
+    /// The feed this sender was given to ([`PacketSender::for_feed`]): its exchange-to-receive
+    /// latency is observed here, the one place every connector's packets pass through, so
+    /// no connector has to remember it and the read loop pays one histogram add per update.
+    feed: Option<Arc<FeedStats>>,
 }
 
 impl PacketSender {
+    /// A sender for one feed: the same channel, observing the feed's update latency.
+    pub fn for_feed(&self, feed: Arc<FeedStats>) -> PacketSender {
+        PacketSender { feed: Some(feed), ..self.clone() }
+    }
+
     /// Packets the channel can take right now (for load tools and back-pressure metrics).
     pub fn capacity_left(&self) -> usize {
         self.tx.capacity()
@@ -102,6 +112,11 @@ impl PacketSender {
     /// Hands a packet to the sink's buffer. Returns false (and counts the points as dropped)
     /// when the channel is full (the encoder cannot keep up, e.g. the spool disk stalls).
     pub fn send(&self, packet: DataPacket) -> bool {
+        if let (Some(feed), DataPacket::MI(mi)) = (&self.feed, &packet) {
+            if let Some(event_ms) = mi.event_time_ms {
+                feed.latency.observe_us(mi.recv_time_ns / 1_000 - event_ms.saturating_mul(1_000));
+            }
+        }
         let points = packet.point_count() as u64;
         match self.tx.try_send(packet) {
             Ok(()) => true,
@@ -123,7 +138,7 @@ impl PacketSender {
 /// Creates the channel between the listeners of a sink and its buffer.
 pub fn packet_channel(sink: &str, capacity: usize, stats: Arc<SinkStats>) -> (PacketSender, mpsc::Receiver<DataPacket>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    (PacketSender { tx, sink: Arc::from(sink), stats, full_log: Arc::new(RateLimit::default()) }, rx)
+    (PacketSender { tx, sink: Arc::from(sink), stats, full_log: Arc::new(RateLimit::default()), feed: None }, rx)
 }
 
 /// A batch of line protocol.
@@ -400,6 +415,8 @@ impl Writer {
             };
             let points = b.points;
             let bytes = b.lines.len() as u64;
+            let started = std::time::Instant::now();
+            self.handle.stats.write_started.set(now_ns());
             let attempt = match *deadline {
                 Some(d) => tokio::time::timeout_at(d, self.sink.write(&b.lines, points))
                     .await
@@ -407,6 +424,14 @@ impl Writer {
                 None => self.sink.write(&b.lines, points).await,
             };
             let stats = &self.handle.stats;
+            stats.write_latency.observe(started.elapsed());
+            stats.write_started.clear();
+            if attempt.is_ok() || matches!(attempt, Err(DBError::Rejected { .. })) {
+                stats.last_write_ok.set(now_ns());
+                stats.failing_since.clear();
+            } else if stats.failing_since.get().is_none() {
+                stats.failing_since.set(now_ns());
+            }
             let done = match attempt {
                 Ok(()) => {
                     stats.points_written.add(points as u64);

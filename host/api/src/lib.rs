@@ -34,6 +34,6 @@ pub use config::{parse_options, FeedSpec, Secret, SinkSpec, Symbols};
 pub use decimal::Decimal;
 pub use error::{ConfigError, DBError, ListenerError, ParseError, SymbolError};
 pub use packet::{DataPacket, GapMarker, GapReason, Instrument, InvalidFrame, Level, MarketIncremental, Side, Snapshot, Trade};
-pub use plugin::{ConnectorPlugin, FeedContext, Listener, Sink, SinkPlugin};
+pub use plugin::{ConnectorPlugin, FeedContext, Listener, OnlineCheck, Sink, SinkPlugin};
 pub use shutdown::{shutdown_pair, Shutdown, ShutdownTrigger};
 pub use stats::{FeedStats, SinkStats};

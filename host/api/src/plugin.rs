@@ -32,6 +32,35 @@ pub struct FeedContext {
 #[async_trait]
 pub trait Listener: Send {
     async fn listen(self: Box<Self>, ctx: FeedContext) -> Result<(), ListenerError>;
+
+    /// `data-storage check --online`: asks the exchange whether this feed's configuration
+    /// holds (every symbol listed and trading, endpoints answering). One request or a few,
+    /// no retries, no subscription; the host bounds it with a timeout. A connector without
+    /// such a check keeps this default.
+    async fn check_online(&mut self) -> OnlineCheck {
+        OnlineCheck::NotSupported
+    }
+}
+
+/// What `data-storage check --online` found for one feed or sink.
+///
+/// A default trait method rather than a field of the plugin descriptors: existing plugins
+/// (and their `inventory::submit!` literals) compile unchanged, and the check runs on the
+/// object `build` made, with the options exactly as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnlineCheck {
+    /// Checked: what was verified (one line for the report) and every problem found, each a
+    /// sentence that names the symbol, endpoint or database concerned. No problems = good.
+    Done { checked: String, problems: Vec<String> },
+    /// The plugin has no online check.
+    NotSupported,
+}
+
+impl OnlineCheck {
+    /// A check that could not be made (endpoint unreachable, unexpected answer) is a problem.
+    pub fn failed(checked: impl Into<String>, problem: impl Into<String>) -> OnlineCheck {
+        OnlineCheck::Done { checked: checked.into(), problems: vec![problem.into()] }
+    }
 }
 
 /// A destination for line protocol. The host's [`crate::buffer::Buffer`] batches packets and
@@ -46,6 +75,13 @@ pub trait Sink: Send {
     /// Makes written data durable (fsync, close files). Called once at stop.
     async fn close(&mut self) -> Result<(), DBError> {
         Ok(())
+    }
+
+    /// `data-storage check --online`: reaches the destination and checks that a write would
+    /// be accepted (server up, database or bucket present, credentials good) without storing
+    /// anything. No retries; the host bounds it with a timeout.
+    async fn check_online(&mut self) -> OnlineCheck {
+        OnlineCheck::NotSupported
     }
 }
 

@@ -137,6 +137,9 @@ impl<H: SessionHandler> WsSession<H> {
     /// Connects, reads, reconnects, until `shutdown` fires. Returns the handler so the caller
     /// can inspect its final state.
     pub async fn run(mut self, mut shutdown: Shutdown) -> H {
+        // Counted while this task runs, whichever way it returns: `/health` wants every
+        // session connected.
+        let _session = SessionCount::start(self.stats.clone());
         let mut first = true;
         loop {
             if shutdown.is_triggered() {
@@ -231,6 +234,7 @@ impl<H: SessionHandler> WsSession<H> {
                         Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => Flow::Continue,
                         Some(Ok(m)) => {
                             self.stats.frames.inc();
+                            self.stats.last_message.set(recv_ns);
                             self.handler.on_frame(m, recv_ns, &mut outbox)
                         }
                     }
@@ -250,6 +254,22 @@ impl<H: SessionHandler> WsSession<H> {
                 return Ended::Lost(reason);
             }
         }
+    }
+}
+
+/// Keeps [`FeedStats::sessions`] right on every return path of [`WsSession::run`].
+struct SessionCount(Arc<FeedStats>);
+
+impl SessionCount {
+    fn start(stats: Arc<FeedStats>) -> Self {
+        stats.sessions.inc();
+        SessionCount(stats)
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.sessions.dec();
     }
 }
 

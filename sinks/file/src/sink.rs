@@ -3,11 +3,12 @@
 //! being moved into the blocking task, so a write the buffer abandons (its stop deadline) cannot
 //! lose the open file: the blocking task finishes and leaves the state in place for `close`.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use ds_api::{DBError, Sink};
+use ds_api::{DBError, OnlineCheck, Sink};
 
 use crate::config::FileConfig;
 use crate::rotate::Rotator;
@@ -15,11 +16,14 @@ use crate::rotate::Rotator;
 /// The `file` sink.
 pub struct FileSink {
     rotator: Arc<Mutex<Rotator>>,
+    /// The output directory, for `check --online`.
+    dir: PathBuf,
 }
 
 impl FileSink {
     pub fn new(cfg: FileConfig) -> Self {
-        FileSink { rotator: Arc::new(Mutex::new(Rotator::new(cfg))) }
+        let dir = cfg.dir.clone();
+        FileSink { rotator: Arc::new(Mutex::new(Rotator::new(cfg))), dir }
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Rotator) -> std::io::Result<T> + Send + 'static) -> Result<T, DBError> {
@@ -47,5 +51,23 @@ impl Sink for FileSink {
     /// Finishes the current file (gzip trailer) and fsyncs it.
     async fn close(&mut self) -> Result<(), DBError> {
         self.blocking(|r| r.close()).await
+    }
+
+    /// The directory exists (or can be made) and takes a file: what the first write needs.
+    async fn check_online(&mut self) -> OnlineCheck {
+        let dir = self.dir.clone();
+        let checked = format!("{} is writable", dir.display());
+        let probe = dir.join(format!(".data-storage-check-{}", std::process::id()));
+        let result = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&probe, b"")?;
+            std::fs::remove_file(&probe)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match result {
+            Ok(()) => OnlineCheck::Done { checked, problems: vec![] },
+            Err(e) => OnlineCheck::failed(checked, format!("cannot write to {}: {e}", self.dir.display())),
+        }
     }
 }

@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod probe;
 pub mod quarantine;
 pub mod rejected;
 pub mod retry;

@@ -26,7 +26,7 @@
 //! where the alternative would be to remember lines across calls.
 
 use async_trait::async_trait;
-use ds_api::{DBError, Sink};
+use ds_api::{DBError, OnlineCheck, Sink};
 use tracing::{info, warn};
 
 use crate::config::InfluxConfig;
@@ -169,11 +169,15 @@ impl Sink for InfluxSink {
             quarantined,
         })
     }
+
+    async fn check_online(&mut self) -> OnlineCheck {
+        crate::probe::probe(&self.writer).await
+    }
 }
 
 /// An error with its causes: reqwest's top-level message ("error sending request") hides the
 /// useful part ("connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

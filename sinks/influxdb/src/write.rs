@@ -25,11 +25,14 @@ pub struct Reply {
 /// Posts line protocol to the configured write endpoint.
 pub struct Writer {
     client: ClientWithMiddleware,
-    url: Url,
-    auth: Auth,
+    /// The same client without the retry middleware, for the one-shot probes of
+    /// `check --online` ([`crate::probe`]), which must answer at once, not after retries.
+    pub(crate) plain: reqwest::Client,
+    pub(crate) url: Url,
+    pub(crate) auth: Auth,
     /// `Token <token>`, built once and marked sensitive so no HTTP-level debug output shows it
     /// (reqwest marks its basic-auth header the same way).
-    token_header: Option<HeaderValue>,
+    pub(crate) token_header: Option<HeaderValue>,
     gzip: bool,
 }
 
@@ -45,7 +48,7 @@ impl Writer {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let client = ClientBuilder::new(http).with(RetryAfterMiddleware::new(cfg.retry)).build();
+        let client = ClientBuilder::new(http.clone()).with(RetryAfterMiddleware::new(cfg.retry)).build();
         let token_header = match &cfg.auth {
             Auth::Token(t) => {
                 let mut v = HeaderValue::from_str(&format!("Token {}", t.expose()))
@@ -55,7 +58,7 @@ impl Writer {
             }
             _ => None,
         };
-        Ok(Writer { client, url: cfg.write_url.clone(), auth: cfg.auth.clone(), token_header, gzip: cfg.gzip })
+        Ok(Writer { client, plain: http, url: cfg.write_url.clone(), auth: cfg.auth.clone(), token_header, gzip: cfg.gzip })
     }
 
     /// The write URL; it carries no secret, so it may be logged.

@@ -6,4 +6,5 @@ mod binance;
 mod durability;
 mod bybit;
 mod huobi;
+mod metrics;
 mod support;
