@@ -205,3 +205,36 @@ dir = "{dir}"
     assert_eq!(feed.points.get(), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_2021_10_11_capture_drops_the_events_its_snapshots_already_hold() {
+    let Some(url) = influx_url() else {
+        eprintln!("skipping: INFLUXDB_URL not set (run through scripts/test.sh)");
+        return;
+    };
+    let Some(cfg) = MockBinanceConfig::from_fixtures("2021-10-11") else { return };
+    let symbols = ["NKNUSDT", "BLZETH", "LRCBTC", "RUNEEUR"];
+    let refs: Vec<Reference> = symbols.iter().map(|s| binance_reference(&cfg.snapshots[*s], &cfg.frames, s)).collect();
+    let mock = MockBinance::start(cfg).await;
+    let db = TestDb::create(&url).await;
+    let svc = Service::start(&binance_to_influx(&mock.ws_url(), &mock.rest_url(), &symbols, &db));
+    let expected: usize = refs.iter().map(|r| r.applied_levels()).sum();
+    assert!(mock.wait_all_frames_sent(Duration::from_secs(30)).await);
+    let n = db.wait_for_count("book_delta", "", expected as u64, Duration::from_secs(60)).await;
+    let report = svc.stop().await;
+    assert_eq!(n, expected as u64);
+    for (symbol, r) in symbols.iter().zip(&refs) {
+        assert_eq!(stored_levels(&db, symbol, "").await, reference_levels(r, r.applied.len()), "{symbol}");
+        assert_eq!(rebuild(&db, symbol).await.book, r.book, "{symbol}: book rebuilt from the store");
+    }
+    // NKNUSDT: the first event ends exactly at lastUpdateId 499869752, so it is dropped and
+    // the first stored update starts at 499869753 (PROVENANCE.md, set B).
+    let first = db.query("SELECT first(first_id) FROM book_delta WHERE symbol = 'NKNUSDT'").await;
+    assert_eq!(first[0].u64("first"), Some(499_869_753));
+    let feed = &report.stats.feeds[0].1;
+    let dropped: usize = refs.iter().map(|r| r.dropped).sum();
+    assert!(dropped >= 4, "each snapshot already holds at least one event: {dropped}");
+    assert_eq!(feed.superseded.get() as usize, dropped);
+    assert_eq!(feed.frames.get() as usize, mock.frames_sent());
+    db.cleanup().await;
+}
