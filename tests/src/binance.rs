@@ -77,6 +77,35 @@ pub struct MockBinanceConfig {
     /// real exchange does after a reconnect); when false (default) every connection replays
     /// its streams from the first frame.
     pub resume: bool,
+    /// Indices into `frames` sent twice in a row (applied to the truth once): a duplicated
+    /// update.
+    pub duplicate_frames: HashSet<usize>,
+    /// Indices into `frames` whose frame is sent *after* the next frame of the same stream on
+    /// that connection (the truth still applies them in the original order): two updates of
+    /// one symbol swapped on the wire.
+    pub swap_frames: HashSet<usize>,
+    /// `(i, text)`: right after frame `i` was processed (sent or dropped) on a connection,
+    /// `text` is sent as-is (a malformed frame, a frame of an unknown type, ...). With
+    /// `resume`, each is sent once; without, on every connection that replays frame `i`.
+    pub inject_raw: Vec<(usize, String)>,
+    /// What goes wrong with each WebSocket handshake attempt, by attempt number (0 = the first
+    /// valid `/stream` handshake; attempts with a bad path are not counted). Attempts without
+    /// an entry are served normally.
+    pub connection_faults: HashMap<usize, ConnectionFault>,
+}
+
+/// A fault of one WebSocket connection attempt ([`MockBinanceConfig::connection_faults`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionFault {
+    /// The handshake is refused (HTTP 503): a reconnect the exchange does not accept.
+    Refuse,
+    /// After this many frames were sent, the TCP connection is dropped without a close
+    /// handshake (network loss mid-stream).
+    CloseAfter(usize),
+    /// After this many frames were sent, no more frames *and no more pings* are sent, but the
+    /// socket stays open and the mock keeps reading (a half-dead connection that only the
+    /// client's liveness check can detect).
+    StallAfter(usize),
 }
 
 impl Default for MockBinanceConfig {
@@ -91,6 +120,10 @@ impl Default for MockBinanceConfig {
             start_delay: Duration::ZERO,
             fail_depth: Vec::new(),
             resume: false,
+            duplicate_frames: HashSet::new(),
+            swap_frames: HashSet::new(),
+            inject_raw: Vec::new(),
+            connection_faults: HashMap::new(),
         }
     }
 }
@@ -162,6 +195,11 @@ pub struct ConnectionInfo {
     pub frames_sent: usize,
     /// Frames of this connection's streams withheld because of `drop_frames`.
     pub frames_dropped: usize,
+    /// Extra texts sent on this connection: second copies of `duplicate_frames` and
+    /// `inject_raw` texts (not counted in `frames_sent`).
+    pub extra_sent: usize,
+    /// Whether the connection stalled (`ConnectionFault::StallAfter`).
+    pub stalled: bool,
     /// Frames this connection will send or withhold in total (fixed at connect; with
     /// `resume`, frames skipped as already processed are not counted).
     pub frames_planned: usize,
@@ -191,6 +229,15 @@ pub struct PongInfo {
     pub latency: Option<Duration>,
     /// When it arrived.
     pub received_at: Instant,
+}
+
+/// One `/api/v3/depth` request and the status it was answered with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepthRequest {
+    /// The `symbol` parameter as sent.
+    pub symbol: String,
+    pub status: u16,
+    pub at: Instant,
 }
 
 /// How [`MockBinance`] ends connections on request.
@@ -302,18 +349,27 @@ struct Records {
     client_messages: Vec<(usize, String)>,
     /// Protocol Pings clients sent (answered automatically).
     client_pings: usize,
+    /// Valid `/stream` handshake attempts so far (accepted or refused).
+    handshake_attempts: usize,
+    /// Handshake attempts refused by `ConnectionFault::Refuse`.
+    refused: usize,
 }
 
 struct State {
     truth: HashMap<String, SymbolTruth>,
     fail_depth: VecDeque<(u16, Option<u64>)>,
     depth_requests: HashMap<String, usize>,
+    depth_log: Vec<DepthRequest>,
     records: Records,
 }
 
 struct Shared {
     frames: Vec<Frame>,
     drop_frames: HashSet<usize>,
+    duplicate_frames: HashSet<usize>,
+    swap_frames: HashSet<usize>,
+    inject_raw: HashMap<usize, Vec<String>>,
+    connection_faults: HashMap<usize, ConnectionFault>,
     ping_interval: Duration,
     frame_interval: Duration,
     start_delay: Duration,
@@ -381,9 +437,30 @@ impl MockBinance {
                 (symbol.to_ascii_uppercase(), truth)
             })
             .collect();
+        for (name, set) in [
+            ("duplicate_frames", &config.duplicate_frames),
+            ("swap_frames", &config.swap_frames),
+        ] {
+            if let Some(bad) = set.iter().find(|&&i| i >= frames.len()) {
+                panic!("MockBinance: {name} index {bad} >= {} frames", frames.len());
+            }
+        }
+        let mut inject_raw: HashMap<usize, Vec<String>> = HashMap::new();
+        for (i, text) in config.inject_raw {
+            assert!(
+                i < frames.len(),
+                "MockBinance: inject_raw index {i} >= {} frames",
+                frames.len()
+            );
+            inject_raw.entry(i).or_default().push(text);
+        }
         let shared = Arc::new(Shared {
             frames,
             drop_frames: config.drop_frames,
+            duplicate_frames: config.duplicate_frames,
+            swap_frames: config.swap_frames,
+            inject_raw,
+            connection_faults: config.connection_faults,
             ping_interval: config.ping_interval,
             frame_interval: config.frame_interval,
             start_delay: config.start_delay,
@@ -393,12 +470,15 @@ impl MockBinance {
                 truth,
                 fail_depth: config.fail_depth.into(),
                 depth_requests: HashMap::new(),
+                depth_log: Vec::new(),
                 records: Records {
                     connections: Vec::new(),
                     outstanding_pings: Vec::new(),
                     pongs: Vec::new(),
                     client_messages: Vec::new(),
                     client_pings: 0,
+                    handshake_attempts: 0,
+                    refused: 0,
                 },
             }),
         });
@@ -494,6 +574,33 @@ impl MockBinance {
             .iter()
             .map(|c| c.frames_sent)
             .sum()
+    }
+
+    /// Every text the connections sent: frames, duplicates and injected texts. What a client
+    /// counts as data frames.
+    pub fn texts_sent(&self) -> usize {
+        self.shared
+            .state()
+            .records
+            .connections
+            .iter()
+            .map(|c| c.frames_sent + c.extra_sent)
+            .sum()
+    }
+
+    /// Valid `/stream` handshake attempts so far, accepted or refused.
+    pub fn handshake_attempts(&self) -> usize {
+        self.shared.state().records.handshake_attempts
+    }
+
+    /// Handshakes refused by [`ConnectionFault::Refuse`].
+    pub fn refused_connections(&self) -> usize {
+        self.shared.state().records.refused
+    }
+
+    /// Every depth request with a `symbol`, in order, with its answer's status.
+    pub fn depth_log(&self) -> Vec<DepthRequest> {
+        self.shared.state().depth_log.clone()
     }
 
     /// Depth requests for `symbol` (uppercase, as sent) so far, including those answered
@@ -637,7 +744,18 @@ fn depth_answer(shared: &Shared, req: &Request) -> Response {
             "Mandatory parameter 'symbol' was not sent, was empty/malformed.",
         );
     };
+    // One lock for the answer and its log entry, so the log is in answer order.
     let mut state = shared.state();
+    let response = depth_response(&mut state, symbol);
+    state.depth_log.push(DepthRequest {
+        symbol: symbol.to_owned(),
+        status: response.status,
+        at: Instant::now(),
+    });
+    response
+}
+
+fn depth_response(state: &mut State, symbol: &str) -> Response {
     *state.depth_requests.entry(symbol.to_owned()).or_default() += 1;
     if let Some((status, retry_after)) = state.fail_depth.pop_front() {
         let response = binance_error(status, -1003, "Too many requests (mock fail_depth).");
@@ -746,12 +864,26 @@ async fn serve_ws(
     mut disconnect: watch::Receiver<(u64, Disconnect)>,
 ) {
     let mut target = String::new();
+    let mut fault = None;
     // The callback's signature is tungstenite's; its large Err type is not ours to box.
     #[allow(clippy::result_large_err)]
     let callback = |req: &WsRequest, resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
         target = req.uri().to_string();
         match requested_streams(&target) {
-            Ok(_) => Ok(resp),
+            Ok(_) => {
+                let mut state = shared.state();
+                let attempt = state.records.handshake_attempts;
+                state.records.handshake_attempts += 1;
+                fault = shared.connection_faults.get(&attempt).copied();
+                if fault == Some(ConnectionFault::Refuse) {
+                    state.records.refused += 1;
+                    let mut err =
+                        ErrorResponse::new(Some(format!("mock refuses attempt {attempt}")));
+                    *err.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    return Err(err);
+                }
+                Ok(resp)
+            }
             Err(reason) => {
                 let mut err = ErrorResponse::new(Some(reason));
                 *err.status_mut() = StatusCode::BAD_REQUEST;
@@ -797,6 +929,8 @@ async fn serve_ws(
             connected_at,
             frames_sent: 0,
             frames_dropped: 0,
+            extra_sent: 0,
+            stalled: false,
             frames_planned: plan.len(),
             replay_done: plan.is_empty(),
             pings_sent: 0,
@@ -816,6 +950,10 @@ async fn serve_ws(
     let mut next_frame_at = connected_at + shared.start_delay;
     let mut pos = 0;
     let mut pings = 0u64;
+    // `StallAfter`: no frames and no pings any more, reading goes on.
+    let mut stalled = false;
+    // Plan positions already sent ahead of their place by a swap.
+    let mut consumed: HashSet<usize> = HashSet::new();
 
     let reason = loop {
         tokio::select! {
@@ -851,7 +989,7 @@ async fn serve_ws(
                 }
                 Some(Ok(_)) => {} // binary / raw frames: ignored, as Binance would
             },
-            _ = ping.tick() => {
+            _ = ping.tick(), if !stalled => {
                 pings += 1;
                 let payload = format!("mock-ping-{id}-{pings}").into_bytes();
                 {
@@ -863,28 +1001,62 @@ async fn serve_ws(
                     break format!("write error: {e}");
                 }
             }
-            _ = tokio::time::sleep_until(next_frame_at), if pos < plan.len() => {
-                let (index, name) = plan[pos];
+            _ = tokio::time::sleep_until(next_frame_at), if pos < plan.len() && !stalled => {
+                let here = pos;
                 pos += 1;
-                let outcome = process_frame(&shared, id, index);
-                if outcome == FrameOutcome::Send {
-                    let frame = &shared.frames[index];
-                    let text = if name == frame.stream {
-                        frame.raw.clone()
-                    } else {
-                        frame.raw.replacen(
-                            &format!("\"stream\":\"{}\"", frame.stream),
-                            &format!("\"stream\":\"{name}\""),
-                            1,
-                        )
-                    };
-                    if let Err(e) = tx.send(Message::text(text)).await {
-                        break format!("write error: {e}");
+                if consumed.remove(&here) {
+                    // Already sent, ahead of its place, by a swap.
+                    if pos == plan.len() {
+                        shared.state().records.connections[id].replay_done = true;
                     }
-                    shared.state().records.connections[id].frames_sent += 1;
+                    continue;
+                }
+                let (index, name) = plan[here];
+                let (outcome, mut texts) = frame_texts(&shared, id, index, name);
+                if outcome != FrameOutcome::Skip && shared.swap_frames.contains(&index) {
+                    // Send the next frame of the same stream first; the truth has already
+                    // applied this one, so it keeps the real order.
+                    let stream = &shared.frames[index].stream;
+                    if let Some(q) = (pos..plan.len())
+                        .find(|&q| !consumed.contains(&q) && shared.frames[plan[q].0].stream == *stream)
+                    {
+                        consumed.insert(q);
+                        let (_, mut first) = frame_texts(&shared, id, plan[q].0, plan[q].1);
+                        first.append(&mut texts);
+                        texts = first;
+                    }
+                }
+                let mut write_error = None;
+                for (text, is_frame) in texts {
+                    if let Err(e) = tx.send(Message::text(text)).await {
+                        write_error = Some(format!("write error: {e}"));
+                        break;
+                    }
+                    let mut state = shared.state();
+                    let conn = &mut state.records.connections[id];
+                    if is_frame {
+                        conn.frames_sent += 1;
+                    } else {
+                        conn.extra_sent += 1;
+                    }
+                }
+                if let Some(e) = write_error {
+                    break e;
                 }
                 if pos == plan.len() {
                     shared.state().records.connections[id].replay_done = true;
+                }
+                let sent = shared.state().records.connections[id].frames_sent;
+                match fault {
+                    Some(ConnectionFault::CloseAfter(n)) if sent >= n => {
+                        // Dropping both halves drops the TCP connection without a Close.
+                        break format!("mock close_after {n} frames");
+                    }
+                    Some(ConnectionFault::StallAfter(n)) if sent >= n => {
+                        stalled = true;
+                        shared.state().records.connections[id].stalled = true;
+                    }
+                    _ => {}
                 }
                 if outcome != FrameOutcome::Skip {
                     if shared.frame_interval.is_zero() {
@@ -896,6 +1068,41 @@ async fn serve_ws(
         }
     };
     close_connection(&shared, id, reason);
+}
+
+/// Processes frame `index` (see [`process_frame`]) and returns the texts this connection
+/// sends for it, each with whether it counts as a frame (`false`: a duplicate copy or an
+/// injected text).
+fn frame_texts(
+    shared: &Shared,
+    connection: usize,
+    index: usize,
+    name: &str,
+) -> (FrameOutcome, Vec<(String, bool)>) {
+    let outcome = process_frame(shared, connection, index);
+    let mut texts = Vec::new();
+    if outcome == FrameOutcome::Send {
+        let frame = &shared.frames[index];
+        let text = if name == frame.stream {
+            frame.raw.clone()
+        } else {
+            frame.raw.replacen(
+                &format!("\"stream\":\"{}\"", frame.stream),
+                &format!("\"stream\":\"{name}\""),
+                1,
+            )
+        };
+        if shared.duplicate_frames.contains(&index) {
+            texts.push((text.clone(), false));
+        }
+        texts.insert(0, (text, true));
+    }
+    if outcome != FrameOutcome::Skip {
+        for raw in shared.inject_raw.get(&index).into_iter().flatten() {
+            texts.push((raw.clone(), false));
+        }
+    }
+    (outcome, texts)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1323,6 +1530,92 @@ mod tests {
         let _ws = connect(&mock.stream_url(&["btcusdt@depth@100ms"])).await;
         assert!(mock.wait_all_frames_sent(WAIT).await);
         assert_eq!(mock.frames_sent(), 0);
+    }
+
+    #[tokio::test]
+    async fn injected_faults_duplicate_swap_inject_refuse_stall_and_close() {
+        let Some(mut config) = MockBinanceConfig::from_fixtures(SET_A) else {
+            return;
+        };
+        let all = config.frames.clone();
+        let btc: Vec<usize> = (0..all.len())
+            .filter(|&i| all[i].starts_with("{\"stream\":\"btcusdt@depth@100ms\""))
+            .collect();
+        config.ping_interval = Duration::from_millis(50);
+        config.resume = true;
+        config.duplicate_frames = [btc[1]].into();
+        config.swap_frames = [btc[3]].into();
+        config.inject_raw = vec![(btc[5], "not json".to_owned())];
+        config.connection_faults = [
+            (0, ConnectionFault::Refuse),
+            (1, ConnectionFault::StallAfter(8)),
+            (2, ConnectionFault::CloseAfter(2)),
+        ]
+        .into();
+        let reference = binance_reference(&config.snapshots["BTCUSDT"], &all, "BTCUSDT");
+        let mock = MockBinance::start(config).await;
+        let url = mock.stream_url(&["btcusdt@depth@100ms"]);
+
+        let err = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("503"), "{err}");
+        assert_eq!(
+            (mock.refused_connections(), mock.handshake_attempts()),
+            (1, 1)
+        );
+
+        // Attempt 1: 0, 1, 1 (duplicate), 2, 4, 3 (swapped), the injected text after 5... and
+        // it stalls after 8 frames: no more frames, no more pings.
+        let (_tx, mut rx) = connect(&url).await.split();
+        let got = read_texts(&mut rx, 10).await;
+        let f = |i: usize| all[btc[i]].clone();
+        assert_eq!(
+            got,
+            [
+                f(0),
+                f(1),
+                f(1),
+                f(2),
+                f(4),
+                f(3),
+                f(5),
+                "not json".to_owned(),
+                f(6),
+                f(7)
+            ]
+        );
+        let quiet = tokio::time::timeout(Duration::from_millis(400), rx.next()).await;
+        assert!(quiet.is_err(), "stalled: nothing at all, got {quiet:?}");
+        let conn = &mock.connections()[0];
+        assert!(conn.stalled && conn.active);
+        assert_eq!((conn.frames_sent, conn.extra_sent), (8, 2));
+        assert_eq!(mock.texts_sent(), 10);
+        // The truth applied every processed frame once, in the original order.
+        let expected_lid = reference
+            .applied
+            .iter()
+            .rfind(|u| u.index <= btc[7])
+            .map_or(reference.snapshot_last_update_id, |u| u.final_update_id);
+        assert_eq!(mock.last_update_id("BTCUSDT"), Some(expected_lid));
+        drop((_tx, rx));
+
+        // Attempt 2 resumes after frame 7, then is dropped after two frames.
+        let (_tx2, mut rx2) = connect(&url).await.split();
+        assert_eq!(read_texts(&mut rx2, 2).await, [f(8), f(9)]);
+        let ended =
+            tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = rx2.next().await {} }).await;
+        assert!(ended.is_ok(), "dropped after two frames");
+        assert!(mock.connections()[1]
+            .close_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("close_after"));
+
+        // Attempt 3 is normal and serves the rest; the truth is the whole capture.
+        let (_tx3, _rx3) = connect(&url).await.split();
+        assert!(mock.wait_all_frames_sent(WAIT).await);
+        assert_eq!(mock.book("BTCUSDT"), reference.book);
     }
 
     #[tokio::test]

@@ -46,6 +46,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
 
+pub use crate::binance::ConnectionFault;
 use crate::book::{OrderBook, PriceKey, Side};
 use crate::bybit_book::BybitPush;
 use crate::http::{HttpServer, Request, Response};
@@ -121,6 +122,19 @@ pub struct MockBybitConfig {
     pub unanswered_subscribe_connections: usize,
     /// Pause between two pushes of one connection; zero = as fast as possible (yielding).
     pub frame_interval: Duration,
+    /// (category, frame index): pushes sent twice in a row (applied to the truth once).
+    pub duplicate_frames: HashSet<(Category, usize)>,
+    /// (category, frame index): the push is sent right *after* the next push of the same
+    /// topic (the truth applies both in the original order): two updates swapped on the wire.
+    pub swap_frames: HashSet<(Category, usize)>,
+    /// (category, frame index, text): right after that push was processed (sent or dropped),
+    /// `text` is sent as-is on the connection that processed it (a malformed frame, a frame
+    /// of an unknown type, ...).
+    pub inject_raw: Vec<(Category, usize, String)>,
+    /// What goes wrong with each WebSocket handshake attempt, by attempt number over both
+    /// categories (0 = the first valid handshake): refused (HTTP 503), dropped after N pushes,
+    /// or stalled after N pushes (no more pushes and no answer to anything, socket open).
+    pub connection_faults: HashMap<usize, ConnectionFault>,
 }
 
 impl MockBybitConfig {
@@ -237,6 +251,10 @@ pub struct ConnectionInfo {
     /// Pushes sent (snapshots on subscribe included) and withheld (`drop_frames`).
     pub pushes_sent: usize,
     pub pushes_dropped: usize,
+    /// Texts sent by `inject_raw` (not counted in `pushes_sent`).
+    pub extra_sent: usize,
+    /// Whether the connection stalled (`ConnectionFault::StallAfter`).
+    pub stalled: bool,
     pub active: bool,
     pub close_reason: Option<String>,
 }
@@ -391,6 +409,9 @@ struct Records {
     sent: Vec<SentPush>,
     client_messages: Vec<(usize, String)>,
     violations: Vec<String>,
+    /// Valid handshake attempts (accepted or refused) and those refused.
+    handshake_attempts: usize,
+    refused: usize,
 }
 
 struct State {
@@ -407,6 +428,10 @@ struct Shared {
     silent_connections: usize,
     unanswered_subscribe_connections: usize,
     frame_interval: Duration,
+    duplicate_frames: HashSet<(Category, usize)>,
+    swap_frames: HashSet<(Category, usize)>,
+    inject_raw: HashMap<(Category, usize), Vec<String>>,
+    connection_faults: HashMap<usize, ConnectionFault>,
     instruments: HashMap<Category, Option<String>>,
     instruments_page_size: Option<usize>,
     state: Mutex<State>,
@@ -526,6 +551,16 @@ impl MockBybit {
             silent_connections: config.silent_connections,
             unanswered_subscribe_connections: config.unanswered_subscribe_connections,
             frame_interval: config.frame_interval,
+            duplicate_frames: config.duplicate_frames,
+            swap_frames: config.swap_frames,
+            inject_raw: config.inject_raw.into_iter().fold(
+                HashMap::new(),
+                |mut m, (c, i, text)| {
+                    m.entry((c, i)).or_insert_with(Vec::new).push(text);
+                    m
+                },
+            ),
+            connection_faults: config.connection_faults,
             instruments: HashMap::from([
                 (Category::Spot, config.instruments_spot),
                 (Category::Linear, config.instruments_linear),
@@ -539,6 +574,8 @@ impl MockBybit {
                     sent: Vec::new(),
                     client_messages: Vec::new(),
                     violations: Vec::new(),
+                    handshake_attempts: 0,
+                    refused: 0,
                 },
             }),
         });
@@ -581,6 +618,16 @@ impl MockBybit {
     /// Text messages clients sent, as (connection id, text).
     pub fn client_messages(&self) -> Vec<(usize, String)> {
         self.shared.state().records.client_messages.clone()
+    }
+
+    /// Valid handshake attempts so far, accepted or refused.
+    pub fn handshake_attempts(&self) -> usize {
+        self.shared.state().records.handshake_attempts
+    }
+
+    /// Handshakes refused by [`ConnectionFault::Refuse`].
+    pub fn refused_connections(&self) -> usize {
+        self.shared.state().records.refused
     }
 
     /// Broken Bybit limits (spot args per request, args characters per connection).
@@ -752,12 +799,26 @@ fn category_of_path(target: &str) -> Result<Category, String> {
 /// dropped (task aborted). Errors are logged, never panicked on.
 async fn serve_ws(stream: TcpStream, shared: Arc<Shared>) {
     let mut target = String::new();
+    let mut fault = None;
     // The callback's signature is tungstenite's; its large Err type is not ours to box.
     #[allow(clippy::result_large_err)]
     let callback = |req: &WsRequest, resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
         target = req.uri().to_string();
         match category_of_path(&target) {
-            Ok(_) => Ok(resp),
+            Ok(_) => {
+                let mut state = shared.state();
+                let attempt = state.records.handshake_attempts;
+                state.records.handshake_attempts += 1;
+                fault = shared.connection_faults.get(&attempt).copied();
+                if fault == Some(ConnectionFault::Refuse) {
+                    state.records.refused += 1;
+                    let mut err =
+                        ErrorResponse::new(Some(format!("mock refuses attempt {attempt}")));
+                    *err.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    return Err(err);
+                }
+                Ok(resp)
+            }
             Err(reason) => {
                 let mut err = ErrorResponse::new(Some(reason));
                 *err.status_mut() = StatusCode::NOT_FOUND;
@@ -803,6 +864,8 @@ async fn serve_ws(stream: TcpStream, shared: Arc<Shared>) {
             pongs_sent: 0,
             pushes_sent: 0,
             pushes_dropped: 0,
+            extra_sent: 0,
+            stalled: false,
             active: true,
             close_reason: None,
         });
@@ -811,15 +874,24 @@ async fn serve_ws(stream: TcpStream, shared: Arc<Shared>) {
     let silent = id < shared.silent_connections;
     let (mut tx, mut rx) = ws.split();
     let mut next_at = Instant::now();
+    // `StallAfter`: nothing is sent any more (pushes, pongs, acks); reading goes on.
+    let mut stalled = false;
     let reason = 'conn: loop {
-        let next = next_frame(&shared, category, id);
+        let next = if stalled {
+            None
+        } else {
+            next_frame(&shared, category, id)
+        };
         tokio::select! {
             biased;
             incoming = rx.next() => match incoming {
                 None => break "peer closed the TCP connection".to_owned(),
                 Some(Err(e)) => break format!("read error: {e}"),
                 Some(Ok(Message::Text(text))) => {
-                    for reply in client_message(&shared, category, id, silent, text.as_str()) {
+                    // A stalled connection records what it gets (a ping as unanswered) and
+                    // answers nothing.
+                    let replies = client_message(&shared, category, id, silent || stalled, text.as_str());
+                    for reply in replies.into_iter().filter(|_| !stalled) {
                         if let Err(e) = tx.send(Message::text(reply)).await {
                             break 'conn format!("write error: {e}");
                         }
@@ -837,6 +909,18 @@ async fn serve_ws(stream: TcpStream, shared: Arc<Shared>) {
                     if let Err(e) = tx.send(Message::text(text)).await {
                         break 'conn format!("write error: {e}");
                     }
+                }
+                let sent = shared.state().records.connections[id].pushes_sent;
+                match fault {
+                    Some(ConnectionFault::CloseAfter(n)) if sent >= n => {
+                        // Dropping both halves drops the TCP connection without a Close.
+                        break format!("mock close_after {n} pushes");
+                    }
+                    Some(ConnectionFault::StallAfter(n)) if sent >= n => {
+                        stalled = true;
+                        shared.state().records.connections[id].stalled = true;
+                    }
+                    _ => {}
                 }
                 if shared.frame_interval.is_zero() {
                     tokio::task::yield_now().await;
@@ -868,9 +952,49 @@ fn next_frame(shared: &Shared, category: Category, id: usize) -> Option<usize> {
         .min()
 }
 
-/// Applies frame `index` to the truth (unless another connection already did) and returns the
-/// texts this connection sends for it: an injected reset first, then the push unless dropped.
+/// [`process_one`], then the faults around it: a swapped push goes out after the next push of
+/// its topic (both applied to the truth in order), injected texts follow.
 fn process_frame(shared: &Shared, category: Category, id: usize, index: usize) -> Vec<String> {
+    let topic = &shared.frames[&category][index].topic;
+    let fresh = shared
+        .state()
+        .truth
+        .get(&(category, topic.clone()))
+        .is_some_and(|t| t.processed_up_to.is_none_or(|p| index > p));
+    let mut out = process_one(shared, category, id, index);
+    if shared.swap_frames.contains(&(category, index)) && !out.is_empty() {
+        let next = shared
+            .state()
+            .truth
+            .get(&(category, topic.clone()))
+            .and_then(|t| {
+                let at = t.frames.partition_point(|&i| i <= index);
+                t.frames.get(at).copied()
+            });
+        if let Some(j) = next {
+            let mut first = process_one(shared, category, id, j);
+            // The record of what was sent follows the wire order too.
+            let mut state = shared.state();
+            let sent = &mut state.records.sent;
+            let (n_i, n_j) = (out.len(), first.len());
+            let tail = sent.len() - n_i - n_j;
+            sent[tail..].rotate_left(n_i);
+            drop(state);
+            first.append(&mut out);
+            out = first;
+        }
+    }
+    if let Some(raw) = shared.inject_raw.get(&(category, index)).filter(|_| fresh) {
+        shared.state().records.connections[id].extra_sent += raw.len();
+        out.extend(raw.iter().cloned());
+    }
+    out
+}
+
+/// Applies frame `index` to the truth (unless another connection already did) and returns the
+/// texts this connection sends for it: an injected reset first, then the push unless dropped
+/// (twice when duplicated).
+fn process_one(shared: &Shared, category: Category, id: usize, index: usize) -> Vec<String> {
     let frame = &shared.frames[&category][index];
     let mut guard = shared.state();
     let state = &mut *guard;
@@ -922,6 +1046,9 @@ fn process_frame(shared: &Shared, category: Category, id: usize, index: usize) -
     }
     let dropped = shared.drop_frames.contains(&(category, index));
     if !dropped {
+        if shared.duplicate_frames.contains(&(category, index)) {
+            out.push(text.clone());
+        }
         out.push(text);
     }
     let records = &mut state.records;
@@ -1349,6 +1476,73 @@ mod tests {
             fresh.book, without_faults.book,
             "the reset changed the book"
         );
+    }
+
+    #[tokio::test]
+    async fn injected_faults_duplicate_swap_inject_refuse_stall() {
+        let Some(mut config) = MockBybitConfig::from_fixtures() else {
+            return;
+        };
+        let topic = "orderbook.200.ETHUSDT";
+        let eth = config.topic_frames(Category::Linear, topic);
+        config.duplicate_frames.insert((Category::Linear, eth[1]));
+        config.swap_frames.insert((Category::Linear, eth[3]));
+        config.inject_raw = vec![(Category::Linear, eth[5], "not json".to_owned())];
+        config.connection_faults = [
+            (0, ConnectionFault::Refuse),
+            (1, ConnectionFault::StallAfter(8)),
+        ]
+        .into();
+        let all = config.linear.clone();
+        let mock = MockBybit::start(config).await;
+        let url = format!("{}/v5/public/linear", mock.ws_url());
+
+        let err = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("503"), "{err}");
+        assert_eq!(
+            (mock.refused_connections(), mock.handshake_attempts()),
+            (1, 1)
+        );
+
+        let (mut tx, mut rx) = connect(&url).await.split();
+        send(
+            &mut tx,
+            r#"{"op":"subscribe","args":["orderbook.200.ETHUSDT"]}"#,
+        )
+        .await;
+        // ack, then pushes 0 (snapshot), 1, 1 (duplicate), 2, 4, 3 (swapped), 5, the injected
+        // text, 6; the stall comes after 8 pushes.
+        let got = read_texts(&mut rx, 1 + 9).await;
+        let f = |i: usize| all[eth[i]].clone();
+        assert_eq!(
+            got[1..],
+            [
+                f(0),
+                f(1),
+                f(1),
+                f(2),
+                f(4),
+                f(3),
+                f(5),
+                "not json".to_owned(),
+                f(6)
+            ]
+        );
+        // Stalled: nothing more, not even a pong.
+        send(&mut tx, r#"{"op":"ping"}"#).await;
+        let quiet = tokio::time::timeout(Duration::from_millis(400), rx.next()).await;
+        assert!(quiet.is_err(), "stalled: nothing at all, got {quiet:?}");
+        let conn = &mock.connections()[0];
+        assert!(conn.stalled && conn.active && conn.pongs_sent == 0);
+        assert_eq!((conn.pushes_sent, conn.extra_sent), (8, 1));
+        // The record of what was sent follows the wire order, and the truth is the capture's
+        // up to push 6, applied in the original order.
+        let sent = mock.sent_frames(Category::Linear, topic);
+        assert_eq!(sent, [f(0), f(1), f(1), f(2), f(4), f(3), f(5), f(6)]);
+        let truth = bybit_reference(&[f(0), f(1), f(2), f(3), f(4), f(5), f(6)], topic);
+        assert_eq!(mock.book(Category::Linear, topic), truth.book);
     }
 
     #[tokio::test]

@@ -158,9 +158,15 @@ impl BookSync {
 
     /// The connection dropped (or the service stops, `reason` Shutdown): whatever happens
     /// until the next snapshot is unknown, and the store says so.
+    /// Events held for a snapshot that will now never come are discarded and counted as
+    /// out of sequence (their gap is already stored, or the book was never synced).
     pub fn on_disconnect(&mut self, reason: GapReason, out: &mut Vec<DataPacket>, stats: &FeedStats) {
-        if let State::Synced { last_u, .. } = self.state {
-            self.emit_gap(reason, Some(last_u), None, clock::now_ns(), out, stats);
+        match &self.state {
+            State::Synced { last_u, .. } => {
+                let last_u = *last_u;
+                self.emit_gap(reason, Some(last_u), None, clock::now_ns(), out, stats);
+            }
+            State::AwaitingSnapshot { held } => stats.out_of_sequence.add(held.len() as u64),
         }
         self.state = State::AwaitingSnapshot { held: VecDeque::new() };
     }
@@ -304,6 +310,18 @@ mod tests {
         assert_eq!(kinds(&out), ["ST10", "MI11-12", "gap:disconnect"]);
         assert_eq!(stats.out_of_sequence.get(), 1);
         assert!(!b.is_synced());
+    }
+
+    #[test]
+    fn held_events_discarded_at_disconnect_are_counted() {
+        let stats = FeedStats::default();
+        let mut b = BookSync::new(inst(), 100);
+        let mut out = vec![];
+        b.on_update(upd(1, 2), &mut out, &stats);
+        b.on_update(upd(3, 4), &mut out, &stats);
+        b.on_disconnect(GapReason::Disconnect, &mut out, &stats);
+        assert!(out.is_empty(), "never synced: no gap to mark");
+        assert_eq!(stats.out_of_sequence.get(), 2);
     }
 
     #[test]

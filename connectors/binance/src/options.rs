@@ -13,6 +13,11 @@ pub const DEFAULT_STREAMS_PER_CONNECTION: usize = 200;
 /// Half of Binance's 6,000 request weight a minute per IP, leaving room for other clients on
 /// the same address.
 pub const DEFAULT_REST_WEIGHT_PER_MINUTE: u32 = 3_000;
+/// The smallest `stale_after_secs` accepted. Against Binance, keep the default (60) or at
+/// least 25: Binance pings every 20 s, so anything shorter tears down healthy quiet
+/// connections. The floor is this low only so that tests against a mock that pings faster
+/// can detect a stalled connection in seconds.
+pub const MIN_STALE_AFTER_SECS: u64 = 2;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -24,9 +29,14 @@ pub struct DepthOptions {
     /// Levels per side in the REST snapshot (1..=5000; 1000 costs weight 50, 5000 costs 250).
     pub snapshot_limit: u32,
     pub streams_per_connection: usize,
-    /// No frame (data or ping) for this long: the connection is dead. Binance pings every 20 s.
+    /// No frame (data or ping) for this long: the connection is dead. Binance pings every 20 s,
+    /// so use 25 or more against Binance (default 60); the minimum accepted is
+    /// [`MIN_STALE_AFTER_SECS`], for tests against a faster-pinging mock.
     pub stale_after_secs: u64,
-    /// REST weight this feed may spend per minute on snapshots.
+    /// REST weight a minute for snapshots. Binance limits weight per IP, so every feed of
+    /// the process that uses the same REST host (scheme, host, port) spends from one shared
+    /// budget, and the smallest `rest_weight_per_minute` among them is that budget's size
+    /// ([`crate::rest::WeightBudget::for_host`]).
     pub rest_weight_per_minute: u32,
     /// Events held per symbol while its snapshot is fetched.
     pub max_held_updates: usize,
@@ -91,8 +101,14 @@ pub fn parse_depth(spec: &FeedSpec) -> Result<DepthOptions, Vec<ConfigError>> {
     if !(1..=1024).contains(&o.streams_per_connection) {
         errors.push(ConfigError::new(&scope, "streams_per_connection", "must be between 1 and 1024 (Binance's limit per connection)"));
     }
-    if o.stale_after_secs < 25 {
-        errors.push(ConfigError::new(&scope, "stale_after_secs", "must be at least 25 (Binance pings every 20 s)"));
+    if o.stale_after_secs < MIN_STALE_AFTER_SECS {
+        errors.push(ConfigError::new(
+            &scope,
+            "stale_after_secs",
+            format!("must be at least {MIN_STALE_AFTER_SECS} (and 25 or more against Binance, which pings every 20 s)"),
+        ));
+    } else if o.stale_after_secs < 25 {
+        tracing::warn!(feed = %spec.name, stale_after_secs = o.stale_after_secs, "stale_after_secs below 25: Binance pings every 20 s, so quiet healthy connections will be dropped");
     }
     check_weight(&scope, o.rest_weight_per_minute, o.snapshot_limit, &mut errors);
     check_symbols(spec, &mut errors);

@@ -1,7 +1,9 @@
 //! Binance REST: depth snapshots and the symbol list, paced by a request-weight budget so a
 //! mass resync queues instead of earning a 429/418 ban.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -15,28 +17,84 @@ use crate::options::depth_weight;
 use crate::parser::{parse_snapshot, DepthSnapshot};
 use crate::wire::ExchangeInfoWire;
 
-/// A per-minute request-weight allowance shared by the tasks of one feed.
+/// A per-minute request-weight allowance. Binance counts weight per IP, across every
+/// connection and feed, so one budget is shared by every feed of the process that talks to the
+/// same REST host ([`WeightBudget::for_host`]): a mass resync after a disconnect of several
+/// feeds queues its snapshot requests instead of earning a 429 and then a 418 IP ban.
+///
+/// A 429/418 answer with `Retry-After` pauses the whole budget ([`WeightBudget::pause_for`]):
+/// Binance bans the IP, not the request, so no feed of that host sends anything until the
+/// pause is over.
 #[derive(Debug)]
 pub struct WeightBudget {
-    per_minute: u32,
+    per_minute: AtomicU32,
+    /// Start of the current minute and the weight spent in it.
     window: Mutex<(Instant, u32)>,
+    /// No request before this instant (a `Retry-After`). A plain mutex, never held across an
+    /// await, so the retry loop can set it without waiting.
+    paused_until: StdMutex<Option<Instant>>,
+}
+
+/// The process-wide budgets, by REST host (see [`host_key`]). Weak, so a budget lives as long
+/// as a feed uses it.
+static BUDGETS: OnceLock<StdMutex<HashMap<String, Weak<WeightBudget>>>> = OnceLock::new();
+
+/// `scheme://host:port` of a REST base URL, the unit Binance limits (per IP, which one host
+/// name stands for); the URL itself when it does not parse (config validation refuses those).
+pub fn host_key(rest_url: &str) -> String {
+    match reqwest::Url::parse(rest_url) {
+        Ok(u) => format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)),
+        Err(_) => rest_url.to_string(),
+    }
 }
 
 impl WeightBudget {
+    /// A budget of its own (not shared); see [`WeightBudget::for_host`].
     pub fn new(per_minute: u32) -> Self {
-        WeightBudget { per_minute, window: Mutex::new((Instant::now(), 0)) }
+        WeightBudget { per_minute: AtomicU32::new(per_minute), window: Mutex::new((Instant::now(), 0)), paused_until: StdMutex::new(None) }
     }
 
-    /// Waits until `weight` fits in the current minute, then spends it.
+    /// The budget shared by every feed of this process that uses the REST host of `rest_url`
+    /// (`binance_spot_depth` and `binance_spot_snapshot` feeds alike). Each feed brings its own
+    /// `rest_weight_per_minute`; the smallest one configured for a host wins, so no feed can
+    /// raise the allowance another feed was given.
+    pub fn for_host(rest_url: &str, per_minute: u32) -> Arc<WeightBudget> {
+        let key = host_key(rest_url);
+        let mut budgets = BUDGETS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        budgets.retain(|_, b| b.strong_count() > 0);
+        if let Some(b) = budgets.get(&key).and_then(Weak::upgrade) {
+            b.per_minute.fetch_min(per_minute, Ordering::Relaxed);
+            return b;
+        }
+        let b = Arc::new(WeightBudget::new(per_minute));
+        budgets.insert(key, Arc::downgrade(&b));
+        b
+    }
+
+    /// The weight a minute this budget allows now.
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no pause is in force and `weight` fits in the current minute, then spends
+    /// it.
     pub async fn acquire(&self, weight: u32) {
         loop {
+            let paused = self.paused_until().filter(|&until| until > Instant::now());
+            if let Some(until) = paused {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
             let wait = {
                 let mut w = self.window.lock().await;
                 let now = Instant::now();
                 if now.duration_since(w.0) >= Duration::from_secs(60) {
                     *w = (now, 0);
                 }
-                if w.1 + weight <= self.per_minute {
+                // A request heavier than the whole allowance still goes, alone in a minute
+                // (config validation makes sure one snapshot fits, but the shared allowance may
+                // have been lowered by another feed since).
+                if w.1 + weight <= self.per_minute() || w.1 == 0 {
                     w.1 += weight;
                     return;
                 }
@@ -44,6 +102,37 @@ impl WeightBudget {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// The host answered 429/418 with `Retry-After`: nothing goes out before `wait` has
+    /// passed, from any feed sharing this budget (a shorter pause never shortens a longer one).
+    pub fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        *p = Some(p.map_or(until, |old| old.max(until)));
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One request's view of a budget for [`http::get_text_paced`]: every attempt, retries
+/// included, spends `weight`; a `Retry-After` pauses the whole budget.
+struct Paced<'a> {
+    budget: &'a WeightBudget,
+    weight: u32,
+}
+
+#[async_trait]
+impl http::Pacer for Paced<'_> {
+    async fn before_attempt(&self) {
+        self.budget.acquire(self.weight).await;
+    }
+
+    fn throttled(&self, retry_after: Duration) {
+        tracing::warn!(retry_after_s = retry_after.as_secs(), "Binance REST asked to back off; pausing every request to this host");
+        self.budget.pause_for(retry_after);
     }
 }
 
@@ -65,20 +154,23 @@ pub struct BinanceRest {
 }
 
 impl BinanceRest {
+    /// REST access to `base`, spending from the weight budget shared by every feed that uses
+    /// the same host ([`WeightBudget::for_host`]).
     pub fn new(base: &str, limit: u32, weight_per_minute: u32) -> Self {
         BinanceRest {
             base: base.trim_end_matches('/').to_string(),
             client: http::client(),
-            budget: Arc::new(WeightBudget::new(weight_per_minute)),
+            budget: WeightBudget::for_host(base, weight_per_minute),
             limit,
         }
     }
 
-    /// `GET /api/v3/depth?symbol=..&limit=..`, within the weight budget.
+    /// `GET /api/v3/depth?symbol=..&limit=..`, within the weight budget (every attempt,
+    /// retries included).
     pub async fn depth_snapshot(&self, symbol: &str, shutdown: &Shutdown) -> Result<DepthSnapshot, SnapshotError> {
-        self.budget.acquire(depth_weight(self.limit)).await;
         let url = format!("{}/api/v3/depth?symbol={}&limit={}", self.base, symbol, self.limit);
-        let body = http::get_text(&self.client, &url, shutdown).await.map_err(SnapshotError::Http)?;
+        let pacer = Paced { budget: &self.budget, weight: depth_weight(self.limit) };
+        let body = http::get_text_paced(&self.client, &url, shutdown, &pacer).await.map_err(SnapshotError::Http)?;
         parse_snapshot(&body).map_err(SnapshotError::Parse)
     }
 }
@@ -93,9 +185,9 @@ pub struct ExchangeInfoSymbols {
 impl SymbolHandler for ExchangeInfoSymbols {
     async fn get_symbols(&self) -> Result<Vec<String>, SymbolError> {
         // exchangeInfo costs weight 20.
-        self.rest.budget.acquire(20).await;
         let url = format!("{}/api/v3/exchangeInfo", self.rest.base);
-        let body = http::get_text(&self.rest.client, &url, &self.shutdown)
+        let pacer = Paced { budget: &self.rest.budget, weight: 20 };
+        let body = http::get_text_paced(&self.rest.client, &url, &self.shutdown, &pacer)
             .await
             .map_err(|e| SymbolError::Request { url: url.clone(), reason: e.to_string() })?;
         trading_symbols(&body).map_err(|reason| SymbolError::Format { url: url.clone(), reason }).and_then(|v| {
@@ -127,6 +219,49 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(1));
         b.acquire(50).await;
         assert!(t0.elapsed() >= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn feeds_of_one_host_share_one_budget_and_the_smallest_allowance_wins() {
+        // Two feeds on one (made-up) host: depth (3000/min) and snapshot (100/min).
+        let a = BinanceRest::new("http://budget-test.invalid:1234/", 1000, 3000);
+        let b = BinanceRest::new("http://budget-test.invalid:1234", 1000, 100);
+        assert!(Arc::ptr_eq(&a.budget, &b.budget), "one budget per host");
+        assert_eq!(a.budget.per_minute(), 100, "the smallest configured allowance wins");
+        // Another host (or port) has its own budget.
+        let c = BinanceRest::new("http://budget-test.invalid:1235", 1000, 3000);
+        assert!(!Arc::ptr_eq(&a.budget, &c.budget));
+        assert_eq!(c.budget.per_minute(), 3000);
+
+        // Spending: two snapshots (weight 50 each) fill the shared minute, whichever feed
+        // asks; the third waits for the next minute.
+        let t0 = Instant::now();
+        a.budget.acquire(50).await;
+        b.budget.acquire(50).await;
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        a.budget.acquire(50).await;
+        assert!(t0.elapsed() >= Duration::from_secs(60), "the third snapshot waited for the next minute");
+        c.budget.acquire(3000).await;
+        assert!(t0.elapsed() < Duration::from_secs(61), "another host is not held back");
+
+        // Once no feed uses a host, its budget goes; a new feed starts afresh.
+        drop((a, b));
+        let d = BinanceRest::new("http://budget-test.invalid:1234", 1000, 3000);
+        assert_eq!(d.budget.per_minute(), 3000);
+        assert_eq!(host_key("https://api.binance.com"), "https://api.binance.com:443");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_pauses_every_request_of_the_budget() {
+        let b = WeightBudget::new(3000);
+        let t0 = Instant::now();
+        b.pause_for(Duration::from_secs(2));
+        b.pause_for(Duration::from_secs(1)); // a shorter pause does not shorten it
+        b.acquire(50).await;
+        assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+        let t1 = Instant::now();
+        b.acquire(50).await;
+        assert!(t1.elapsed() < Duration::from_millis(10), "pause over");
     }
 
     #[test]

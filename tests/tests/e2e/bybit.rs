@@ -19,7 +19,7 @@ const SPOT: [&str; 2] = ["BTCUSDT", "ETHUSDT"];
 const LINEAR: [&str; 4] = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT"];
 const WAIT: Duration = Duration::from_secs(60);
 
-fn book_topic(symbol: &str) -> String {
+pub fn book_topic(symbol: &str) -> String {
     format!("orderbook.200.{symbol}")
 }
 
@@ -31,13 +31,13 @@ fn symbols_of(c: Category) -> &'static [&'static str] {
 }
 
 /// `market = 'spot' AND symbol = 'BTCUSDT'`.
-fn series(c: Category, symbol: &str) -> String {
+pub fn series(c: Category, symbol: &str) -> String {
     format!("market = {} AND symbol = {}", quote_str(c.as_str()), quote_str(symbol))
 }
 
 /// One `[[feed]]` table. `extra` holds more option lines. Pings every 200 ms, so the
 /// heartbeat runs during every test.
-fn feed(name: &str, connector: &str, c: Category, symbols: &[&str], mock: &MockBybit, extra: &str) -> String {
+pub fn feed(name: &str, connector: &str, c: Category, symbols: &[&str], mock: &MockBybit, extra: &str) -> String {
     let symbols: Vec<String> = symbols.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         "\n[[feed]]\nname = \"{name}\"\nconnector = \"{connector}\"\ncategory = \"{}\"\nsymbols = [{}]\nsink = \"influx\"\nws_url = \"{}\"\nrest_url = \"{}\"\nping_interval_ms = 200\n{extra}\n",
@@ -48,19 +48,19 @@ fn feed(name: &str, connector: &str, c: Category, symbols: &[&str], mock: &MockB
     )
 }
 
-fn feed_stats<'a>(report: &'a RunReport, name: &str) -> &'a Arc<FeedStats> {
+pub fn feed_stats<'a>(report: &'a RunReport, name: &str) -> &'a Arc<FeedStats> {
     &report.stats.feeds.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no feed {name}")).1
 }
 
 /// Every frame a feed received is a snapshot, a delta, a discarded delta, an answer to our
 /// requests, or an invalid frame (contract 1).
-fn assert_book_frames_accounted(name: &str, f: &FeedStats) {
+pub fn assert_book_frames_accounted(name: &str, f: &FeedStats) {
     assert_eq!(f.frames.get(), f.st.get() + f.mi.get() + f.out_of_sequence.get() + f.control.get() + f.invalid.get(), "{name}: frames accounted for");
 }
 
 /// (kind, id, side, price, qty) of every stored level of one book, sorted; `kind` is `S` for
 /// snapshot levels (id = snapshot_id) and `D` for delta levels (id = last_id).
-async fn stored_levels(db: &TestDb, c: Category, symbol: &str) -> Vec<(char, u64, String, String, String)> {
+pub async fn stored_levels(db: &TestDb, c: Category, symbol: &str) -> Vec<(char, u64, String, String, String)> {
     let w = series(c, symbol);
     let mut v = Vec::new();
     for (kind, m, id) in [('S', "book_snapshot", "snapshot_id"), ('D', "book_delta", "last_id")] {
@@ -73,7 +73,7 @@ async fn stored_levels(db: &TestDb, c: Category, symbol: &str) -> Vec<(char, u64
 }
 
 /// The same, from a reference (text parsed as InfluxDB parses it).
-fn reference_levels(r: &BybitReference) -> Vec<(char, u64, String, String, String)> {
+pub fn reference_levels(r: &BybitReference) -> Vec<(char, u64, String, String, String)> {
     let mut v: Vec<_> = r
         .applied
         .iter()
@@ -88,14 +88,14 @@ fn reference_levels(r: &BybitReference) -> Vec<(char, u64, String, String, Strin
 }
 
 /// The Bybit rule applied to what the mock sent on `topic` (the client's view).
-fn sent_reference(mock: &MockBybit, c: Category, symbol: &str) -> BybitReference {
+pub fn sent_reference(mock: &MockBybit, c: Category, symbol: &str) -> BybitReference {
     let topic = book_topic(symbol);
     bybit_reference(&mock.sent_frames(c, &topic), &topic)
 }
 
 /// Checks one book: stored levels equal the reference's exactly once, and the book rebuilt
 /// from the store equals both the reference and the exchange's truth.
-async fn assert_book_stored(db: &TestDb, mock: &MockBybit, c: Category, symbol: &str, r: &BybitReference) {
+pub async fn assert_book_stored(db: &TestDb, mock: &MockBybit, c: Category, symbol: &str, r: &BybitReference) {
     assert_eq!(stored_levels(db, c, symbol).await, reference_levels(r), "{c:?} {symbol}: stored levels");
     let rebuilt = rebuild_where(db, &series(c, symbol)).await;
     let last_snapshot = r.snapshots().last().expect("a snapshot");

@@ -4,6 +4,7 @@
 
 mod binance;
 mod durability;
+mod faults;
 mod bybit;
 mod huobi;
 mod metrics;
