@@ -36,6 +36,14 @@
 //! - `mbp.refresh.$n` pushes of the top-n truth book (with its `seqNum`) every
 //!   [`MockHuobiConfig::refresh_every`] updates, to `/ws` subscribers ([`MockHuobi::refreshes`]).
 //! - [`gzip_bomb`] and [`MockHuobi::send_binary`] push hostile frames.
+//! - Faults for the fault matrix (tests/FAULTS.md): per update, `duplicate` (sent twice) and
+//!   `inject` (raw bytes right after it: corrupt gzip, gzip of a non-JSON text, a push of an
+//!   unknown channel); [`MockHuobiConfig::connection_faults`] per handshake attempt (`Refuse`
+//!   with HTTP 503, `CloseAfter(n)` pushes without a Close, `StallAfter(n)` pushes: silent,
+//!   no pings, socket open); [`MockHuobiConfig::reject_subs`] (`invalid topic` for one `sub`
+//!   on one connection); [`MockHuobiConfig::fail_reqs`] (the first `req`s answered with
+//!   errors); [`MbpStreamConfig::tail`] keeps the stream running until a live connection has
+//!   heard enough of it after an outage.
 //! - REST: `GET /v1/common/symbols` answers [`MockHuobiConfig::symbols_body`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -61,6 +69,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+pub use crate::binance::ConnectionFault;
 use crate::book::{OrderBook, PriceKey, Side};
 use crate::http::{HttpServer, Request, Response};
 
@@ -275,6 +284,16 @@ pub struct MbpStreamConfig {
     pub reorder: Vec<(String, usize)>,
     /// A `req` reply is the book as it was this many updates ago.
     pub req_lag: usize,
+    /// `(symbol, update index)`: sent twice in a row (applied once to the truth).
+    pub duplicate: Vec<(String, usize)>,
+    /// `(symbol, update index, wire bytes)`: one binary frame sent as-is right after that
+    /// update, to the subscribers of its topic (a corrupt gzip frame, gzip of a non-JSON text,
+    /// a push of a channel nobody subscribed, ...).
+    pub inject: Vec<(String, usize, Vec<u8>)>,
+    /// With `tail > 0` the stream does not end at `updates`: it goes on until a connection
+    /// that still hears it (open, not stalled) has been subscribed for `tail` updates. So
+    /// after faults that cost the client a reconnect, the stream still runs when it is back.
+    pub tail: usize,
 }
 
 impl Default for MbpStreamConfig {
@@ -288,6 +307,9 @@ impl Default for MbpStreamConfig {
             drop: Vec::new(),
             reorder: Vec::new(),
             req_lag: 3,
+            duplicate: Vec::new(),
+            inject: Vec::new(),
+            tail: 0,
         }
     }
 }
@@ -323,6 +345,17 @@ pub struct MockHuobiConfig {
     pub refresh_every: usize,
     /// Body of `GET /v1/common/symbols` (404 when `None`). Its symbols are also subscribable.
     pub symbols_body: Option<String>,
+    /// What goes wrong with each WebSocket handshake attempt, by attempt number (0 = the first
+    /// handshake on `/feed` or `/ws`; bad paths are not counted): `Refuse` (HTTP 503),
+    /// `CloseAfter(n)` (TCP dropped without a Close after n pushes on that connection),
+    /// `StallAfter(n)` (after n pushes nothing more at all, no pings, socket kept open).
+    pub connection_faults: HashMap<usize, ConnectionFault>,
+    /// `(handshake attempt, topic)`: that `sub` is refused on that connection with Huobi's
+    /// `{"status":"error","err-code":"bad-request","err-msg":"invalid topic <topic>"}`.
+    pub reject_subs: Vec<(usize, String)>,
+    /// `(err-code, err-msg)`: the first `req`s (of any symbol, in order of arrival) are
+    /// answered with these errors; later ones are served.
+    pub fail_reqs: Vec<(String, String)>,
 }
 
 impl Default for MockHuobiConfig {
@@ -336,6 +369,9 @@ impl Default for MockHuobiConfig {
             start_delay: Duration::from_millis(200),
             refresh_every: 10,
             symbols_body: None,
+            connection_faults: HashMap::new(),
+            reject_subs: Vec::new(),
+            fail_reqs: Vec::new(),
         }
     }
 }
@@ -478,6 +514,15 @@ pub struct HuobiConnection {
     pub active: bool,
     pub silent: bool,
     pub close_reason: Option<String>,
+    /// Handshake attempt number ([`MockHuobiConfig::connection_faults`]).
+    pub attempt: usize,
+    /// Pushes (generated, injected or [`MockHuobi::send_binary`] frames) written.
+    pub pushes_sent: usize,
+    /// Stopped by `ConnectionFault::StallAfter` (also `silent`).
+    pub stalled: bool,
+    pub closed_at: Option<Instant>,
+    /// Topics whose `sub` was refused on this connection.
+    pub refused_topics: Vec<String>,
 }
 
 /// An `mbp.refresh.$n` push the mock sent.
@@ -839,6 +884,12 @@ struct State {
     stream_start: Option<Instant>,
     stream_done: bool,
     last_ping: i64,
+    /// Updates generated per symbol so far, and that count at the last acknowledged mbp `sub`.
+    generated: usize,
+    generated_at_last_sub: usize,
+    handshake_attempts: usize,
+    refused: usize,
+    reqs_failed: usize,
 }
 
 struct Shared {
@@ -884,10 +935,19 @@ impl MockHuobi {
                 seed.symbol
             );
         }
-        for (sym, _) in config.stream.drop.iter().chain(&config.stream.reorder) {
+        let injected = config.stream.inject.iter().map(|(s, i, _)| (s, i));
+        for (sym, _) in config
+            .stream
+            .drop
+            .iter()
+            .chain(&config.stream.reorder)
+            .chain(&config.stream.duplicate)
+            .map(|(s, i)| (s, i))
+            .chain(injected)
+        {
             assert!(
                 truths.contains_key(sym),
-                "MockHuobi: drop/reorder for {sym}, which has no seed book"
+                "MockHuobi: drop/reorder/duplicate/inject for {sym}, which has no seed book"
             );
         }
         let mut known: HashSet<String> = truths.keys().cloned().collect();
@@ -917,6 +977,11 @@ impl MockHuobi {
                 stream_start: None,
                 stream_done: false,
                 last_ping: 0,
+                generated: 0,
+                generated_at_last_sub: 0,
+                handshake_attempts: 0,
+                refused: 0,
+                reqs_failed: 0,
             }),
         });
         let listener = TcpListener::bind(("127.0.0.1", 0))
@@ -1000,6 +1065,21 @@ impl MockHuobi {
     /// `req`s refused because they came within 100 ms of the previous one on a connection.
     pub fn req_violations(&self) -> usize {
         self.shared.state().req_violations
+    }
+
+    /// `req`s answered with an error from [`MockHuobiConfig::fail_reqs`].
+    pub fn reqs_failed(&self) -> usize {
+        self.shared.state().reqs_failed
+    }
+
+    /// WebSocket handshakes on `/feed` or `/ws` (refused ones included).
+    pub fn handshake_attempts(&self) -> usize {
+        self.shared.state().handshake_attempts
+    }
+
+    /// Handshakes refused by [`ConnectionFault::Refuse`].
+    pub fn refused_connections(&self) -> usize {
+        self.shared.state().refused
     }
 
     pub fn connections(&self) -> Vec<HuobiConnection> {
@@ -1155,10 +1235,27 @@ async fn generate(shared: Arc<Shared>) {
     let cfg = &shared.cfg.stream;
     let mut tick = tokio::time::interval(cfg.interval.max(Duration::from_micros(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for _ in 0..cfg.updates {
+    let mbp_topic = format!(".mbp.{}", cfg.levels);
+    loop {
+        {
+            let state = shared.state();
+            if state.generated >= cfg.updates {
+                let heard = state.conns.iter().any(|c| {
+                    c.info.active
+                        && !c.info.silent
+                        && c.info.topics.iter().any(|t| t.ends_with(&mbp_topic))
+                });
+                if cfg.tail == 0
+                    || (heard && state.generated >= state.generated_at_last_sub + cfg.tail)
+                {
+                    break;
+                }
+            }
+        }
         tick.tick().await;
         let mut guard = shared.state();
         let state = &mut *guard;
+        state.generated += 1;
         for truth in state.truths.values_mut() {
             let (mut update, text) = truth.next_update(cfg);
             let topic = format!("market.{}.mbp.{}", truth.symbol, cfg.levels);
@@ -1173,10 +1270,20 @@ async fn generate(shared: Arc<Shared>) {
                 update.delivery = Delivery::Late;
                 truth.late = Some(frame);
             } else {
+                if is(&cfg.duplicate) {
+                    deliver(&state.conns, &topic, frame.clone());
+                }
                 deliver(&state.conns, &topic, frame);
                 if let Some(late) = truth.late.take() {
                     deliver(&state.conns, &topic, late);
                 }
+            }
+            for (_, _, wire) in cfg
+                .inject
+                .iter()
+                .filter(|(s, i, _)| *s == truth.symbol && *i == update.index)
+            {
+                deliver(&state.conns, &topic, wire.clone());
             }
             truth.updates.push(update);
             if truth.updates.len() % shared.cfg.refresh_every.max(1) == 0 {
@@ -1287,6 +1394,16 @@ fn client_message(shared: &Shared, conn: usize, text: &str) -> Option<String> {
         Ok((sym.to_owned(), mbp))
     };
     if let Some(topic) = v.get("sub").and_then(Value::as_str) {
+        let attempt = state.conns[conn].info.attempt;
+        if shared
+            .cfg
+            .reject_subs
+            .iter()
+            .any(|(a, t)| *a == attempt && t == topic)
+        {
+            state.conns[conn].info.refused_topics.push(topic.to_owned());
+            return error(&id, &format!("invalid topic {topic}"));
+        }
         return match check(topic, state) {
             Ok((_, mbp)) => {
                 let now = Instant::now();
@@ -1297,6 +1414,7 @@ fn client_message(shared: &Shared, conn: usize, text: &str) -> Option<String> {
                 c.first_sub_at.get_or_insert(now);
                 if mbp {
                     state.stream_start.get_or_insert(now);
+                    state.generated_at_last_sub = state.generated;
                 }
                 Some(format!(
                     r#"{{"id":{id},"status":"ok","subbed":"{topic}","ts":{}}}"#,
@@ -1332,6 +1450,13 @@ fn client_message(shared: &Shared, conn: usize, text: &str) -> Option<String> {
             state.req_violations += 1;
             return error(&id, "429 too many request");
         }
+        if let Some((code, msg)) = shared.cfg.fail_reqs.get(state.reqs_failed) {
+            state.reqs_failed += 1;
+            return Some(format!(
+                r#"{{"status":"error","ts":{},"id":{id},"err-code":"{code}","err-msg":"{msg}"}}"#,
+                now_ms()
+            ));
+        }
         let (seq, data) = truth.snapshot_data();
         truth.served.push(seq);
         state.conns[conn].info.reqs_answered += 1;
@@ -1347,16 +1472,29 @@ fn close_conn(shared: &Shared, id: usize, reason: String) {
     let mut state = shared.state();
     let c = &mut state.conns[id];
     c.info.active = false;
+    c.info.closed_at.get_or_insert_with(Instant::now);
     c.info.close_reason.get_or_insert(reason);
 }
 
 async fn serve_ws(stream: TcpStream, shared: Arc<Shared>) {
     let mut target = String::new();
+    let mut attempt = 0;
+    let mut fault = None;
     // The callback's signature is tungstenite's; its large Err type is not ours to box.
     #[allow(clippy::result_large_err)]
     let callback = |req: &WsRequest, resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
         target = req.uri().path().to_owned();
         if target == "/ws" || target == "/feed" {
+            let mut state = shared.state();
+            attempt = state.handshake_attempts;
+            state.handshake_attempts += 1;
+            fault = shared.cfg.connection_faults.get(&attempt).copied();
+            if fault == Some(ConnectionFault::Refuse) {
+                state.refused += 1;
+                let mut err = ErrorResponse::new(Some(format!("mock refuses attempt {attempt}")));
+                *err.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return Err(err);
+            }
             Ok(resp)
         } else {
             let mut err = ErrorResponse::new(Some(format!(
@@ -1400,6 +1538,11 @@ async fn serve_ws(stream: TcpStream, shared: Arc<Shared>) {
                 active: true,
                 silent: false,
                 close_reason: None,
+                attempt,
+                pushes_sent: 0,
+                stalled: false,
+                closed_at: None,
+                refused_topics: Vec::new(),
             },
             tx: out_tx,
             outstanding_pings: Vec::new(),
@@ -1441,7 +1584,36 @@ async fn serve_ws(stream: TcpStream, shared: Arc<Shared>) {
                 }
                 Some(Ok(_)) => None, // binary and protocol frames: Huobi clients send JSON text
             },
-            Some(Out::Frame(frame)) = out_rx.recv() => (!silent(&shared)).then_some(frame),
+            Some(Out::Frame(frame)) = out_rx.recv() => {
+                if silent(&shared) {
+                    None
+                } else {
+                    if let Err(e) = tx.send(Message::binary(frame)).await {
+                        break format!("write error: {e}");
+                    }
+                    let sent = {
+                        let mut state = shared.state();
+                        let c = &mut state.conns[id].info;
+                        c.frames_sent += 1;
+                        c.pushes_sent += 1;
+                        c.pushes_sent
+                    };
+                    match fault {
+                        Some(ConnectionFault::CloseAfter(n)) if sent >= n => {
+                            // Dropping both halves drops the TCP connection without a Close.
+                            break format!("mock close_after {n} pushes");
+                        }
+                        Some(ConnectionFault::StallAfter(n)) if sent >= n => {
+                            let mut state = shared.state();
+                            let c = &mut state.conns[id].info;
+                            c.stalled = true;
+                            c.silent = true;
+                        }
+                        _ => {}
+                    }
+                    None
+                }
+            }
             _ = ping.tick() => {
                 // Decided under the lock, acted on after it (a guard must not live across an await).
                 let ping = {
@@ -1888,6 +2060,110 @@ mod tests {
         assert!(got
             .iter()
             .all(|t| t.contains("\"bids\"") || t.contains("\"asks\"")));
+    }
+
+    #[tokio::test]
+    async fn fault_injection_for_the_matrix() {
+        let stream = MbpStreamConfig {
+            levels: 20,
+            updates: 30,
+            interval: Duration::from_millis(1),
+            duplicate: vec![("aaa".into(), 5)],
+            inject: vec![("aaa".into(), 6, b"not gzip".to_vec())],
+            tail: 40,
+            ..Default::default()
+        };
+        let mock = MockHuobi::start(MockHuobiConfig {
+            books: vec![seed("aaa", 1)],
+            stream,
+            start_delay: Duration::from_millis(50),
+            connection_faults: [
+                (0, ConnectionFault::Refuse),
+                (1, ConnectionFault::CloseAfter(10)),
+                (2, ConnectionFault::StallAfter(3)),
+            ]
+            .into(),
+            reject_subs: vec![(3, "market.aaa.mbp.20".into())],
+            fail_reqs: vec![("bad-request".into(), "429 too many request".into())],
+            ..Default::default()
+        })
+        .await;
+        let url = format!("{}/feed", mock.ws_url());
+        let refused = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect_err("refused");
+        assert!(refused.to_string().contains("503"), "{refused}");
+        // Attempt 1: ten pushes (update 5 twice, then the injected frame), then TCP dropped.
+        let (mut tx, mut rx) = connect(&url).await.split();
+        tx.send(Message::text(r#"{"sub":"market.aaa.mbp.20","id":1}"#))
+            .await
+            .unwrap();
+        let mut pushes = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, rx.next()).await {
+            if let Message::Binary(b) = m {
+                pushes.push(b.to_vec());
+            }
+        }
+        assert_eq!(pushes.len(), 1 + 10, "the ack and ten pushes");
+        assert_eq!(pushes[6], pushes[7], "update 5 sent twice");
+        assert_eq!(pushes[9], b"not gzip", "injected after update 6");
+        assert!(mock.wait_until(WAIT, |m| !m.connections()[0].active).await);
+        assert!(mock.connections()[0]
+            .close_reason
+            .as_deref()
+            .unwrap()
+            .contains("close_after 10"));
+        // Attempt 2: the first req is refused, the next served; then it stalls.
+        let (mut tx, mut rx) = connect(&url).await.split();
+        tx.send(Message::text(r#"{"req":"market.aaa.mbp.20","id":2}"#))
+            .await
+            .unwrap();
+        let (errors, _) = read_until(&mut tx, &mut rx, 1, |v| v["status"] == "error").await;
+        assert!(
+            errors[0].contains(r#""err-msg":"429 too many request""#),
+            "{}",
+            errors[0]
+        );
+        tokio::time::sleep(MIN_REQ_GAP).await;
+        tx.send(Message::text(r#"{"req":"market.aaa.mbp.20","id":3}"#))
+            .await
+            .unwrap();
+        read_until(&mut tx, &mut rx, 1, |v| v.get("rep").is_some()).await;
+        tx.send(Message::text(r#"{"sub":"market.aaa.mbp.20","id":4}"#))
+            .await
+            .unwrap();
+        assert!(mock.wait_until(WAIT, |m| m.connections()[1].stalled).await);
+        assert_eq!(
+            (mock.reqs_failed(), mock.connections()[1].pushes_sent),
+            (1, 3)
+        );
+        // Attempt 3: the sub is refused as an invalid topic.
+        let (mut tx3, mut rx3) = connect(&url).await.split();
+        tx3.send(Message::text(r#"{"sub":"market.aaa.mbp.20","id":5}"#))
+            .await
+            .unwrap();
+        let (errors, _) = read_until(&mut tx3, &mut rx3, 1, |v| v["status"] == "error").await;
+        assert!(
+            errors[0].contains(
+                r#""err-code":"bad-request","err-msg":"invalid topic market.aaa.mbp.20""#
+            ),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(mock.connections()[2].refused_topics, ["market.aaa.mbp.20"]);
+        assert_eq!(
+            (mock.handshake_attempts(), mock.refused_connections()),
+            (4, 1)
+        );
+        // `tail`: nobody hears the stream (one stalled, one refused), so it goes on past 30.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!mock.stream_done() && mock.updates("aaa").len() > 30);
+        let (mut tx4, mut rx4) = connect(&url).await.split();
+        tx4.send(Message::text(r#"{"sub":"market.aaa.mbp.20","id":6}"#))
+            .await
+            .unwrap();
+        read_until(&mut tx4, &mut rx4, 40, |v| v.get("ch").is_some()).await;
+        assert!(mock.wait_stream_done(WAIT).await);
     }
 
     #[tokio::test]

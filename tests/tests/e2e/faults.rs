@@ -25,11 +25,13 @@ use ds_api::FeedStats;
 use ds_tests::binance::{ConnectionFault, MockBinance, MockBinanceConfig};
 use ds_tests::bybit::{Category, MockBybit, MockBybitConfig};
 use ds_tests::book::{binance_reference, Reference};
+use ds_tests::huobi::{HuobiCapture, MbpStreamConfig, MockHuobi, MockHuobiConfig};
 use ds_tests::influx::{influx_url, quote_str, RowExt, TestDb};
 use tokio::time::Instant;
 
 use crate::binance::{reference_levels, stored_levels};
 use crate::bybit as bb;
+use crate::huobi as ht;
 use crate::support::{eventually, feeds_to_influx, rebuild, rebuild_where, Service};
 
 const FAULTY: [&str; 2] = ["BTCUSDT", "ETHUSDT"];
@@ -808,5 +810,429 @@ async fn bybit_several_faults_in_one_run() {
     assert_eq!(conns.len(), 3, "{conns:#?}");
     assert!(conns[1].stalled);
     assert_eq!(ran.mock.refused_connections(), 5);
+    ran.db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// HTX (Huobi) MBP order books: `htx-faulty` (trioeth and yfihusd on one `/feed` connection to
+// the misbehaving mock) and `htx-healthy` (fil3susdt on a second, well behaved mock). The
+// books are the mock's generated MBP streams seeded from the real 2021-04-17 books; snapshots
+// are `req`s on the same connection (answered from the current truth here: the lagging reply
+// is covered by `huobi::`); liveness is the server's `{"ping": n}` every 300 ms, and the
+// faulty feed declares a connection dead after `ping_timeout_ms = 1000` without a frame.
+
+const HT_FAULTY: [&str; 2] = ["trioeth", "yfihusd"];
+const HT_HEALTHY: &str = "fil3susdt";
+/// Pushes on the first faulty connection before a connection fault fires (two books, one
+/// update each per tick: about update 400 of each).
+const HT_FAULT_AT: usize = 800;
+/// A push of a channel the connector never subscribes to (a real HTX message type).
+const HT_UNKNOWN_TYPE: &str = r#"{"ch":"market.trioeth.kline.1min","ts":1618678073643,"tick":{"id":1618678020,"open":9.121E-7,"close":9.13E-7,"low":9.12E-7,"high":9.13E-7,"amount":1000.0,"vol":9.1E-4,"count":3}}"#;
+/// An mbp push cut in the middle, then gzip-compressed correctly: valid gzip, invalid JSON.
+const HT_BAD_JSON: &str = r#"{"ch":"market.yfihusd.mbp.150","ts":1618678073643,"tick":{"seqNum":"#;
+
+/// A gzip member cut short: the inflater fails (corrupt gzip).
+fn ht_corrupt_gzip() -> Vec<u8> {
+    let whole = ds_tests::huobi::gzip(br#"{"ch":"market.yfihusd.mbp.150","ts":1618678073643,"tick":{"seqNum":1,"prevSeqNum":0,"bids":[],"asks":[]}}"#);
+    whole[..whole.len() / 2].to_vec()
+}
+
+fn ht_topic(symbol: &str) -> String {
+    format!("market.{symbol}.mbp.150")
+}
+
+struct HtRan {
+    mock: MockHuobi,
+    db: TestDb,
+    report: RunReport,
+}
+
+/// Whether `symbol`'s book rebuilt from the store equals the mock's, for polling while the
+/// sink still writes: InfluxDB 1.x does not make the fields of one point visible at once, so
+/// a delta read mid-write may lack its `qty` (the rebuild then panics); that poll is a `false`.
+async fn ht_converged(db: &TestDb, mock: &MockHuobi, symbol: &str) -> bool {
+    use futures::FutureExt;
+    if db.count("book_snapshot", &ht::series(symbol)).await == 0 {
+        return false;
+    }
+    std::panic::AssertUnwindSafe(ht::rebuilt_equals_truth(db, mock, symbol)).catch_unwind().await.unwrap_or(false)
+}
+
+/// `symbol` stored exactly once: the levels of every update after its only `req` snapshot.
+async fn ht_stored_once(db: &TestDb, mock: &MockHuobi, symbol: &str) {
+    let served = mock.snapshots_served(symbol);
+    assert_eq!(served.len(), 1, "{symbol}: one req snapshot");
+    let updates = mock.updates(symbol);
+    assert_eq!(
+        ht::stored_deltas(db, symbol, "").await,
+        ht::expected_deltas(updates.iter().filter(|u| u.seq_num > served[0])),
+        "{symbol}: stored exactly once"
+    );
+}
+
+/// `(last_id, next_id)` of the gap markers of `symbol` (lower case) with `reason`.
+async fn ht_gap_ids(db: &TestDb, symbol: &str, reason: &str) -> Vec<(Option<u64>, Option<u64>)> {
+    db.query(&format!("SELECT last_id, next_id, reason FROM book_gap WHERE {} AND reason = {}", ht::series(symbol), quote_str(reason)))
+        .await
+        .iter()
+        .map(|r| (r.u64("last_id"), r.u64("next_id")))
+        .collect()
+}
+
+/// The HTX twin of [`run_case`]: the same checks, from the HTX mock's truth. `never_synced`:
+/// faulty symbols that must end with nothing stored (a refused subscription).
+async fn huobi_case(name: &str, faults: impl FnOnce(&mut MockHuobiConfig), expect: Expect, never_synced: &[&str]) -> Option<HtRan> {
+    let Some(url) = influx_url() else {
+        eprintln!("skipping: INFLUXDB_URL not set (run through scripts/test.sh)");
+        return None;
+    };
+    let cap = HuobiCapture::load()?;
+    let base = MockHuobiConfig {
+        stream: MbpStreamConfig {
+            levels: 150,
+            updates: 1200,
+            interval: Duration::from_millis(3),
+            req_lag: 0,
+            max_seq_step: 5,
+            tail: 300,
+            ..MbpStreamConfig::default()
+        },
+        ping_interval: Duration::from_millis(300),
+        start_delay: Duration::from_millis(20),
+        ..MockHuobiConfig::default()
+    };
+    let healthy = MockHuobi::start(MockHuobiConfig { books: ht::seeds(&cap, &[HT_HEALTHY]), ..base.clone() }).await;
+    let mut faulty_cfg = MockHuobiConfig { books: ht::seeds(&cap, &HT_FAULTY), ..base };
+    faults(&mut faulty_cfg);
+    let mock = MockHuobi::start(faulty_cfg).await;
+    let db = TestDb::create(&url).await;
+    let feeds = ht::feed("htx-faulty", "huobi_mbp", &HT_FAULTY, &mock, "ping_timeout_ms = 1000") + &ht::feed("htx-healthy", "huobi_mbp", &[HT_HEALTHY], &healthy, "");
+    let started = Instant::now();
+    let svc = Service::start(&feeds_to_influx(&feeds, &db));
+
+    let synced: Vec<&str> = HT_FAULTY.iter().copied().filter(|s| !never_synced.contains(s)).collect();
+    let served = mock.wait_stream_done(CONVERGE).await && healthy.wait_stream_done(CONVERGE).await;
+    let done = served
+        && eventually(CONVERGE, || {
+            let (db, mock, healthy, synced) = (&db, &mock, &healthy, &synced);
+            async move {
+                for symbol in synced {
+                    if !ht_converged(db, mock, symbol).await {
+                        return false;
+                    }
+                }
+                ht_converged(db, healthy, HT_HEALTHY).await
+            }
+        })
+        .await;
+    let report = svc.stop().await;
+    eprintln!("fault case huobi {name}: converged={done} in {:?}", started.elapsed());
+    assert!(!report.failed, "{name}: the run reports no failure");
+    assert!(served, "{name}: the mocks generated every update; connections: {:#?}", mock.connections());
+    assert!(done, "{name}: books rebuilt from InfluxDB equal the exchange's books; connections: {:#?}", mock.connections());
+    let ran = HtRan { mock, db, report };
+
+    for symbol in &synced {
+        let rebuilt = rebuild_where(&ran.db, &ht::series(symbol)).await;
+        let diff = rebuilt.book.diff(&ran.mock.book(symbol), 10);
+        assert!(diff.is_empty() && rebuilt.gaps_after_snapshot == 0, "{name}: {symbol}: {diff:#?}");
+    }
+    for symbol in never_synced {
+        assert_eq!(ran.db.count("book_snapshot", &ht::series(symbol)).await + ran.db.count("book_delta", &ht::series(symbol)).await, 0, "{name}: nothing stored for {symbol}");
+    }
+
+    // The other feed kept flowing: fil3susdt exactly once, no gap but the one at stop.
+    ht_stored_once(&ran.db, &healthy, HT_HEALTHY).await;
+    assert!(ht::rebuilt_equals_truth(&ran.db, &healthy, HT_HEALTHY).await, "{name}: {HT_HEALTHY} rebuilt");
+    let h = ht::feed_stats(&ran.report, "htx-healthy");
+    assert_eq!((h.gaps.get(), h.resyncs.get(), h.reconnects.get(), h.invalid.get(), h.out_of_sequence.get()), (1, 1, 0, 0, 0), "{name}: healthy feed counters");
+    ht::assert_mbp_frames_accounted(h);
+    assert_eq!(healthy.connections().len(), 1);
+
+    // Every gap is marked, with the right reason.
+    let rows = ran.db.query("SELECT reason, symbol FROM book_gap").await;
+    let mut gaps: Vec<(String, String)> = rows
+        .iter()
+        .filter(|r| r.str("reason") != Some("shutdown"))
+        .map(|r| (r.str("symbol").unwrap().to_string(), r.str("reason").unwrap().to_string()))
+        .collect();
+    gaps.sort();
+    let mut want: Vec<(String, String)> = expect.gaps.iter().map(|(s, r)| (s.to_ascii_uppercase(), r.to_string())).collect();
+    want.sort();
+    assert_eq!(gaps, want, "{name}: gap markers (shutdown aside)");
+    let books_at_stop = synced.len() as u64;
+    assert_eq!((rows.len() - gaps.len()) as u64, books_at_stop + 1, "{name}: one `shutdown` marker per synced book at stop");
+
+    // The counters say what happened.
+    let f = ht::feed_stats(&ran.report, "htx-faulty");
+    eprintln!("{} control {}", counters(&format!("huobi {name}"), f), f.control.get());
+    assert_eq!(f.gaps.get() + h.gaps.get(), rows.len() as u64, "{name}: every counted gap is stored");
+    assert_eq!(f.gaps.get(), want.len() as u64 + books_at_stop, "{name}: gaps counted");
+    assert_eq!(f.invalid.get(), expect.invalid, "{name}: invalid");
+    assert_eq!(ran.db.count("invalid_frame", "").await, expect.invalid, "{name}: invalid frames stored");
+    if expect.out_of_sequence_at_least {
+        assert!(f.out_of_sequence.get() >= expect.out_of_sequence, "{name}: out_of_sequence {}", f.out_of_sequence.get());
+    } else {
+        assert_eq!(f.out_of_sequence.get(), expect.out_of_sequence, "{name}: out_of_sequence");
+    }
+    assert_eq!(f.resyncs.get(), expect.resyncs, "{name}: resyncs (req snapshots asked)");
+    assert_eq!(f.reconnects.get(), expect.reconnects, "{name}: reconnects");
+    ht::assert_mbp_frames_accounted(f);
+    let sent = ran.mock.frames_sent() as u64;
+    assert!(f.frames.get() <= sent && f.frames.get() + 3 >= sent, "{name}: frames received {} = frames the mock sent {sent} (bar pings in flight at stop)", f.frames.get());
+    assert_eq!(ran.mock.req_violations(), 0, "{name}: req pacing kept");
+    let sink = &ran.report.stats.sinks[0].1;
+    assert_eq!(sink.points_dropped.get(), 0, "{name}");
+    assert_eq!(sink.points_written.get(), f.points.get() + h.points.get(), "{name}: every point handed over was written");
+    Some(ran)
+}
+
+fn ht_disconnect_gaps() -> Vec<(&'static str, &'static str)> {
+    vec![("trioeth", "disconnect"), ("yfihusd", "disconnect")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_connection_closed_mid_stream() {
+    let expect = Expect { gaps: ht_disconnect_gaps(), resyncs: 4, reconnects: 1, out_of_sequence_at_least: true, ..Expect::default() };
+    let Some(ran) = huobi_case("closed", |cfg| cfg.connection_faults = [(0, ConnectionFault::CloseAfter(HT_FAULT_AT))].into(), expect, &[]).await else {
+        return;
+    };
+    let conns = ran.mock.connections();
+    assert_eq!(conns.len(), 2, "one reconnect");
+    assert!(conns[0].close_reason.as_deref().unwrap_or("").contains("close_after"), "{conns:#?}");
+    assert_eq!(conns[1].topics, [ht_topic("trioeth"), ht_topic("yfihusd")], "every topic subscribed again");
+    for symbol in HT_FAULTY {
+        let ids = ht_gap_ids(&ran.db, symbol, "disconnect").await;
+        assert!(ids.len() == 1 && ids[0].0.is_some() && ids[0].1.is_none(), "{symbol}: the marker says where the stored chain ends: {ids:?}");
+        assert_eq!(ran.mock.snapshots_served(symbol).len(), 2, "{symbol}: a fresh req snapshot");
+    }
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_connection_that_stops_sending_and_stops_pinging() {
+    let expect = Expect { gaps: ht_disconnect_gaps(), resyncs: 4, reconnects: 1, out_of_sequence_at_least: true, ..Expect::default() };
+    let Some(ran) = huobi_case("stall", |cfg| cfg.connection_faults = [(0, ConnectionFault::StallAfter(HT_FAULT_AT))].into(), expect, &[]).await else {
+        return;
+    };
+    let conns = ran.mock.connections();
+    assert_eq!(conns.len(), 2, "one reconnect");
+    assert!(conns[0].stalled && !conns[0].active, "{conns:#?}");
+    let lived = conns[0].closed_at.expect("closed") - conns[0].connected_at;
+    assert!(lived >= Duration::from_secs(1), "closed after {lived:?}");
+    assert!(!conns[0].close_reason.as_deref().unwrap_or("").contains("mock"), "closed by the client: {conns:#?}");
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_dropped_update() {
+    let expect = Expect { gaps: vec![("trioeth", "sequence_break")], resyncs: 3, ..Expect::default() };
+    let Some(ran) = huobi_case("dropped", |cfg| cfg.stream.drop = vec![("trioeth".into(), 600)], expect, &[]).await else {
+        return;
+    };
+    let u = ran.mock.updates("trioeth");
+    assert_eq!(ht_gap_ids(&ran.db, "trioeth", "sequence_break").await, [(Some(u[599].seq_num), Some(u[601].seq_num))], "the marker names the hole");
+    assert_eq!(ran.mock.req_count("trioeth"), 2, "one resync");
+    ht_stored_once(&ran.db, &ran.mock, "yfihusd").await;
+    assert_eq!(ran.mock.connections().len(), 1, "a gap resyncs one symbol; the connection stays");
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_duplicated_update() {
+    let expect = Expect { out_of_sequence: 1, resyncs: 2, ..Expect::default() };
+    let Some(ran) = huobi_case("duplicated", |cfg| cfg.stream.duplicate = vec![("yfihusd".into(), 600)], expect, &[]).await else {
+        return;
+    };
+    for symbol in HT_FAULTY {
+        ht_stored_once(&ran.db, &ran.mock, symbol).await;
+    }
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_out_of_order_update() {
+    let expect = Expect { gaps: vec![("trioeth", "sequence_break")], resyncs: 3, ..Expect::default() };
+    let Some(ran) = huobi_case("out_of_order", |cfg| cfg.stream.reorder = vec![("trioeth".into(), 600)], expect, &[]).await else {
+        return;
+    };
+    // Update 601 arrived first: the chain broke after 599.
+    let u = ran.mock.updates("trioeth");
+    assert_eq!(ht_gap_ids(&ran.db, "trioeth", "sequence_break").await, [(Some(u[599].seq_num), Some(u[601].seq_num))]);
+    let served = ran.mock.snapshots_served("trioeth");
+    let before = format!(" AND last_id <= {}", u[599].seq_num);
+    assert_eq!(
+        ht::stored_deltas(&ran.db, "trioeth", &before).await,
+        ht::expected_deltas(u[..600].iter().filter(|x| x.seq_num > served[0])),
+        "everything before the swap stored once"
+    );
+    ht_stored_once(&ran.db, &ran.mock, "yfihusd").await;
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_malformed_frame() {
+    let expect = Expect { invalid: 2, resyncs: 2, ..Expect::default() };
+    let inject = vec![("yfihusd".into(), 600, ht_corrupt_gzip()), ("yfihusd".into(), 700, ds_tests::huobi::gzip(HT_BAD_JSON.as_bytes()))];
+    let Some(ran) = huobi_case("malformed", |cfg| cfg.stream.inject = inject, expect, &[]).await else {
+        return;
+    };
+    let rows = ran.db.query("SELECT reason, raw, feed FROM invalid_frame").await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].str("reason").unwrap_or("").contains("corrupt gzip"), "{rows:?}");
+    assert!(rows[0].str("raw").unwrap_or("").starts_with("b64:H4sI"), "the wire bytes are kept: {rows:?}");
+    assert_eq!(rows[1].str("raw"), Some(HT_BAD_JSON), "stored verbatim");
+    assert!(rows.iter().all(|r| r.str("feed") == Some("htx-faulty")));
+    for symbol in HT_FAULTY {
+        ht_stored_once(&ran.db, &ran.mock, symbol).await;
+    }
+    assert_eq!(ran.mock.connections().len(), 1, "the connection went on");
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_frame_of_an_unknown_type() {
+    let expect = Expect { invalid: 1, resyncs: 2, ..Expect::default() };
+    let inject = vec![("trioeth".into(), 600, ds_tests::huobi::gzip(HT_UNKNOWN_TYPE.as_bytes()))];
+    let Some(ran) = huobi_case("unknown_type", |cfg| cfg.stream.inject = inject, expect, &[]).await else {
+        return;
+    };
+    let rows = ran.db.query("SELECT reason, raw FROM invalid_frame").await;
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].str("reason").unwrap_or("").contains("kline"), "the reason names the channel: {rows:?}");
+    assert_eq!(rows[0].str("raw"), Some(HT_UNKNOWN_TYPE));
+    assert_eq!(ran.mock.connections().len(), 1, "no reconnect for an unknown frame");
+    for symbol in HT_FAULTY {
+        ht_stored_once(&ran.db, &ran.mock, symbol).await;
+    }
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_subscription_rejected() {
+    // `{"status":"error","err-code":"bad-request","err-msg":"invalid topic market.yfihusd.mbp.150"}`
+    // for yfihusd's `sub`: that topic is given up (logged as an error), trioeth keeps flowing on
+    // the same connection, nothing is stored for yfihusd. Today the refusal is counted as a
+    // `control` frame and leaves no trace in the store (`invalid: 0` here); what it should leave
+    // is asserted by the ignored `huobi_subscription_rejected_leaves_a_trace_in_the_store`.
+    let expect = Expect { resyncs: 1, ..Expect::default() };
+    let Some(ran) = huobi_case("sub_rejected", |cfg| cfg.reject_subs = vec![(0, ht_topic("yfihusd"))], expect, &["yfihusd"]).await else {
+        return;
+    };
+    let conns = ran.mock.connections();
+    assert_eq!(conns.len(), 1, "the refusal did not cost the connection: {conns:#?}");
+    assert_eq!((conns[0].topics.clone(), conns[0].refused_topics.clone()), (vec![ht_topic("trioeth")], vec![ht_topic("yfihusd")]));
+    assert_eq!(ran.mock.req_count("yfihusd"), 0, "no req for a topic that is not subscribed");
+    ht_stored_once(&ran.db, &ran.mock, "trioeth").await;
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "connector bug: huobi_mbp counts a refused `sub` as a control frame and stores nothing (only an error log), so neither counters nor InfluxDB say a book is missing; bybit_orderbook stores an invalid_frame naming the topic"]
+async fn huobi_subscription_rejected_leaves_a_trace_in_the_store() {
+    // As `huobi_subscription_rejected`, plus: the refusal is counted as invalid and stored as
+    // an `invalid_frame` that names the topic and keeps the exchange's answer, as Bybit does.
+    let expect = Expect { invalid: 1, resyncs: 1, ..Expect::default() };
+    let Some(ran) = huobi_case("sub_rejected_trace", |cfg| cfg.reject_subs = vec![(0, ht_topic("yfihusd"))], expect, &["yfihusd"]).await else {
+        return;
+    };
+    let rows = ran.db.query("SELECT reason, raw FROM invalid_frame").await;
+    assert!(rows[0].str("reason").unwrap_or("").contains(&ht_topic("yfihusd")), "the stored error names the topic: {rows:?}");
+    assert!(rows[0].str("raw").unwrap_or("").contains("invalid topic"), "{rows:?}");
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_req_snapshot_answered_with_errors_then_ok() {
+    // The first two `req`s (one per book) are answered `429 too many request`, then an
+    // internal error; each book asks again after the pacing interval and syncs.
+    let expect = Expect { resyncs: 4, ..Expect::default() };
+    let fail = vec![("bad-request".to_string(), "429 too many request".to_string()), ("internal-error".into(), "Internal error".into())];
+    let Some(ran) = huobi_case("req_errors", |cfg| cfg.fail_reqs = fail, expect, &[]).await else {
+        return;
+    };
+    assert_eq!(ran.mock.reqs_failed(), 2);
+    for symbol in HT_FAULTY {
+        assert_eq!(ran.mock.req_count(symbol), 2, "{symbol}: refused once, then served");
+        // Held while the snapshot was late, then spliced: nothing lost, nothing twice, no gap.
+        ht_stored_once(&ran.db, &ran.mock, symbol).await;
+    }
+    assert_eq!(ran.mock.connections().len(), 1);
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_reconnect_refused_five_times() {
+    let expect = Expect { gaps: ht_disconnect_gaps(), resyncs: 4, reconnects: 6, out_of_sequence_at_least: true, ..Expect::default() };
+    let Some(ran) = huobi_case(
+        "refused",
+        |cfg| {
+            cfg.connection_faults = [(0, ConnectionFault::CloseAfter(HT_FAULT_AT))].into_iter().chain((1..=5).map(|n| (n, ConnectionFault::Refuse))).collect();
+        },
+        expect,
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(ran.mock.refused_connections(), 5);
+    assert_eq!(ran.mock.handshake_attempts(), 7);
+    assert_eq!(ran.mock.connections().len(), 2);
+    ran.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_several_faults_in_one_run() {
+    // The first two `req`s are refused (429, internal error). On the first connection: a
+    // dropped trioeth update, a duplicated yfihusd update, a corrupt gzip frame, two trioeth
+    // updates swapped, a frame of an unknown type; then the connection is dropped, the next
+    // five reconnects are refused, the one after refuses yfihusd's `sub` and then stalls (no
+    // pushes, no pings), and the last one serves the rest.
+    let expect = Expect {
+        gaps: vec![
+            ("trioeth", "disconnect"),
+            ("trioeth", "disconnect"),
+            ("trioeth", "sequence_break"),
+            ("trioeth", "sequence_break"),
+            ("yfihusd", "disconnect"),
+        ],
+        invalid: 2,
+        out_of_sequence: 1,
+        out_of_sequence_at_least: true,
+        // 2 initial + 2 refused + 2 breaks + trioeth on the stalling connection + 2 on the last.
+        resyncs: 2 + 2 + 2 + 1 + 2,
+        reconnects: 7,
+    };
+    let Some(ran) = huobi_case(
+        "combined",
+        |cfg| {
+            cfg.fail_reqs = vec![("bad-request".into(), "429 too many request".into()), ("internal-error".into(), "Internal error".into())];
+            cfg.stream.drop = vec![("trioeth".into(), 200)];
+            cfg.stream.duplicate = vec![("yfihusd".into(), 250)];
+            cfg.stream.inject = vec![("yfihusd".into(), 300, ht_corrupt_gzip()), ("trioeth".into(), 450, ds_tests::huobi::gzip(HT_UNKNOWN_TYPE.as_bytes()))];
+            cfg.stream.reorder = vec![("trioeth".into(), 400)];
+            let mut faults: HashMap<usize, ConnectionFault> = (1..=5).map(|n| (n, ConnectionFault::Refuse)).collect();
+            faults.insert(0, ConnectionFault::CloseAfter(1200));
+            faults.insert(6, ConnectionFault::StallAfter(100));
+            cfg.connection_faults = faults;
+            cfg.reject_subs = vec![(6, ht_topic("yfihusd"))];
+        },
+        expect,
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let conns = ran.mock.connections();
+    assert_eq!(conns.len(), 3, "{conns:#?}");
+    assert!(conns[1].stalled && conns[1].refused_topics == [ht_topic("yfihusd")], "{conns:#?}");
+    assert_eq!(ran.mock.refused_connections(), 5);
+    assert_eq!(ran.mock.reqs_failed(), 2);
+    let u = ran.mock.updates("trioeth");
+    let breaks: HashSet<_> = ht_gap_ids(&ran.db, "trioeth", "sequence_break").await.into_iter().collect();
+    let want: HashSet<_> = [(Some(u[199].seq_num), Some(u[201].seq_num)), (Some(u[399].seq_num), Some(u[401].seq_num))].into();
+    assert_eq!(breaks, want, "the lost and the swapped update");
     ran.db.cleanup().await;
 }

@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const THREE: [&str; 3] = ["trioeth", "yfihusd", "fil3susdt"];
 
 /// The MBP book's series: `exchange = 'huobi' AND market = 'spot' AND symbol = 'TRIOETH'`.
-fn series(symbol: &str) -> String {
+pub(crate) fn series(symbol: &str) -> String {
     format!(
         "exchange = 'huobi' AND market = 'spot' AND symbol = {}",
         quote_str(&symbol.to_ascii_uppercase())
@@ -32,7 +32,7 @@ fn series(symbol: &str) -> String {
 }
 
 /// One `[[feed]]` table on the mock; `extra` holds more option lines.
-fn feed(name: &str, connector: &str, symbols: &[&str], mock: &MockHuobi, extra: &str) -> String {
+pub(crate) fn feed(name: &str, connector: &str, symbols: &[&str], mock: &MockHuobi, extra: &str) -> String {
     let symbols: Vec<String> = symbols.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         "\n[[feed]]\nname = \"{name}\"\nconnector = \"{connector}\"\nsymbols = [{}]\nsink = \"influx\"\nws_url = \"{}\"\nrest_url = \"{}\"\n{extra}\n",
@@ -42,7 +42,7 @@ fn feed(name: &str, connector: &str, symbols: &[&str], mock: &MockHuobi, extra: 
     )
 }
 
-fn feed_stats<'a>(report: &'a RunReport, name: &str) -> &'a Arc<FeedStats> {
+pub(crate) fn feed_stats<'a>(report: &'a RunReport, name: &str) -> &'a Arc<FeedStats> {
     &report
         .stats
         .feeds
@@ -55,7 +55,7 @@ fn feed_stats<'a>(report: &'a RunReport, name: &str) -> &'a Arc<FeedStats> {
 /// Contract 1 for an MBP feed: every frame is an applied update, a snapshot, one the
 /// snapshot already held, one discarded while out of sync, a control frame (ack, ping) or
 /// an invalid frame.
-fn assert_mbp_frames_accounted(f: &FeedStats) {
+pub(crate) fn assert_mbp_frames_accounted(f: &FeedStats) {
     assert_eq!(
         f.frames.get(),
         f.mi.get()
@@ -75,7 +75,7 @@ fn assert_mbp_frames_accounted(f: &FeedStats) {
 }
 
 /// Seeds of the capture's symbols (their first real `depth.step0` book).
-fn seeds(cap: &HuobiCapture, symbols: &[&str]) -> Vec<SeedBook> {
+pub(crate) fn seeds(cap: &HuobiCapture, symbols: &[&str]) -> Vec<SeedBook> {
     symbols
         .iter()
         .map(|s| {
@@ -129,7 +129,7 @@ fn stream(updates: usize) -> MbpStreamConfig {
 
 /// (seqNum, prevSeqNum, side, price, qty) of every stored delta level of a book, sorted;
 /// numbers as InfluxDB returns them.
-async fn stored_deltas(
+pub(crate) async fn stored_deltas(
     db: &TestDb,
     symbol: &str,
     extra_where: &str,
@@ -157,7 +157,7 @@ async fn stored_deltas(
 }
 
 /// The same from generated updates (text parsed as InfluxDB parses it).
-fn expected_deltas<'a>(
+pub(crate) fn expected_deltas<'a>(
     updates: impl IntoIterator<Item = &'a GeneratedUpdate>,
 ) -> Vec<(u64, u64, String, String, String)> {
     let mut v: Vec<_> = updates
@@ -179,7 +179,7 @@ fn expected_deltas<'a>(
 }
 
 /// Distinct `snapshot_id`s stored for a series, in time order.
-async fn snapshot_ids(db: &TestDb, where_clause: &str) -> Vec<u64> {
+pub(crate) async fn snapshot_ids(db: &TestDb, where_clause: &str) -> Vec<u64> {
     let rows = db
         .query(&format!(
             "SELECT snapshot_id FROM book_snapshot WHERE {where_clause}"
@@ -197,7 +197,7 @@ async fn snapshot_ids(db: &TestDb, where_clause: &str) -> Vec<u64> {
 
 /// Whether the book rebuilt from the store equals the mock's truth, with no gap after its
 /// snapshot.
-async fn rebuilt_equals_truth(db: &TestDb, mock: &MockHuobi, symbol: &str) -> bool {
+pub(crate) async fn rebuilt_equals_truth(db: &TestDb, mock: &MockHuobi, symbol: &str) -> bool {
     let r = rebuild_where(db, &series(symbol)).await;
     r.gaps_after_snapshot == 0 && r.book == mock.book(symbol)
 }
