@@ -13,6 +13,14 @@ fi
 # shellcheck source=scripts/influxdb.sh
 . scripts/influxdb.sh
 influxdb_start
+# nats-server (Debian package) for the JetStream tests; they start their own 3-node cluster on
+# 127.0.0.1 (tests/src/nats.rs). The package's systemd unit is not used.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    echo "[nats] installing Debian package nats-server" >&2
+    sudo=""; if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nats-server >&2
+fi
 
 if [ ! -d ../shared/fixtures ]; then
     echo "warning: ../shared/fixtures not found: fixture-based tests will skip (and fail under CI=true)" >&2

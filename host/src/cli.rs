@@ -18,6 +18,10 @@ pub struct Cli {
     /// The configuration file.
     #[arg(long, short, global = true, default_value = "exchanges.toml")]
     pub config: PathBuf,
+    /// Run only shard i of n of every feed's symbols (`0/2`, `1/2`): n instances with the same
+    /// config cover every symbol once. Overrides `[service] shard`.
+    #[arg(long, global = true, value_name = "i/n")]
+    pub shard: Option<crate::shard::Shard>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -36,6 +40,24 @@ pub enum Command {
     },
     /// List the registered connector and sink plugins.
     Plugins,
+    /// Run a feed's parser and sequence checks over a capture or plain JSONL file of frames.
+    Replay {
+        /// The `[[feed]]` whose connector and options to use.
+        #[arg(long)]
+        feed: String,
+        /// A capture file (`capture_dir`, gzip or plain) or one frame per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// A `[[sink]]` name, or `null` to store nothing (default: the feed's sink).
+        #[arg(long)]
+        sink: Option<String>,
+        /// Write line protocol to stdout instead of a sink.
+        #[arg(long)]
+        stdout: bool,
+        /// `SYMBOL=FILE`: a REST depth snapshot body for a plain file (Binance); repeatable.
+        #[arg(long, value_name = "SYMBOL=FILE")]
+        snapshot: Vec<String>,
+    },
 }
 
 /// Prints every config error, one per line, to stderr.
@@ -59,11 +81,19 @@ pub fn plugins() -> ExitCode {
 }
 
 pub fn check(path: &std::path::Path, online: bool) -> ExitCode {
-    match config::load(path) {
+    check_sharded(path, online, None)
+}
+
+/// `check` with `--shard`: also prints this instance's part of the symbols.
+pub fn check_sharded(path: &std::path::Path, online: bool, shard: Option<crate::shard::Shard>) -> ExitCode {
+    match config::load_sharded(path, shard) {
         Ok(c) => {
             println!("{}: valid: {} feed(s) enabled, {} disabled, {} sink(s) in use", path.display(), c.feeds.len(), c.disabled_feeds.len(), c.sinks.len());
             for f in &c.feeds {
                 println!("  feed {:<24} {:<24} -> sink {}", f.name, f.connector, f.sink);
+            }
+            if let Some(plan) = &c.shard {
+                println!("{plan}");
             }
             if !online {
                 return ExitCode::SUCCESS;

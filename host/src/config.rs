@@ -55,6 +55,9 @@ pub struct ServiceConfig {
     /// successful write for this long, is unhealthy. A feed may override it (a REST-polling
     /// feed needs more than its poll interval).
     pub health_stale_secs: u64,
+    /// `"i/n"`: run only shard i of n of every feed's symbols (see [`crate::shard`]);
+    /// `--shard` on the command line wins.
+    pub shard: Option<String>,
 }
 
 /// Long enough that a quiet minute on a busy book (Binance sends depth updates every 100 ms
@@ -70,6 +73,7 @@ impl Default for ServiceConfig {
             spool_dir: "data/spool".into(),
             metrics_addr: None,
             health_stale_secs: DEFAULT_HEALTH_STALE_SECS,
+            shard: None,
         }
     }
 }
@@ -82,6 +86,10 @@ pub struct Feed {
     pub listener: Box<dyn Listener>,
     /// `/health`: no data for this long = stale (`health_stale_secs`, per feed or `[service]`).
     pub health_stale: Duration,
+    /// `capture_dir`: record every raw frame of this feed there (see `ds_api::capture`).
+    pub capture_dir: Option<PathBuf>,
+    /// The feed as its connector saw it, for `data-storage replay`.
+    pub spec: FeedSpec,
 }
 
 /// A validated sink, ready to run.
@@ -103,6 +111,8 @@ pub struct Config {
     pub sinks: Vec<SinkEntry>,
     /// Feeds present but `enabled = false`.
     pub disabled_feeds: Vec<String>,
+    /// This instance's part of the symbols when sharded (`--shard` / `[service] shard`).
+    pub shard: Option<crate::shard::ShardPlan>,
 }
 
 /// Reads and validates a config file; every problem is in the error list.
@@ -115,6 +125,23 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
 /// Parses config text; `env` looks up `${VAR}` (injected so tests need not touch the process
 /// environment).
 pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
+    parse_sharded(text, path, env, None)
+}
+
+/// [`load`] with `--shard` from the command line (wins over `[service] shard`).
+pub fn load_sharded(path: &Path, shard: Option<crate::shard::Shard>) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![ConfigError::new("config", "", format!("cannot read {}: {e}", path.display()))])?;
+    parse_sharded(&text, path, &|name| std::env::var(name).ok(), shard)
+}
+
+/// [`parse`] with a shard override (see [`crate::shard`]).
+pub fn parse_sharded(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    shard_override: Option<crate::shard::Shard>,
+) -> Result<Config, Vec<ConfigError>> {
     let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         vec![ConfigError::new("config", "", format!("{} is not valid TOML: {}", path.display(), e.to_string().trim()))]
     })?;
@@ -144,6 +171,11 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
     if service.health_stale_secs == 0 {
         errors.push(ConfigError::new("[service]", "health_stale_secs", "must be at least 1"));
     }
+    let shard = shard_override.or_else(|| {
+        let s = service.shard.as_deref()?;
+        s.parse().map_err(|e: String| errors.push(ConfigError::new("[service]", "shard", e))).ok()
+    });
+    let mut shard_plan = shard.map(|shard| crate::shard::ShardPlan { shard, feeds: Vec::new() });
     let mut feed_tables = take_array(&mut root, "feed", &mut errors);
     let mut sink_tables = take_array(&mut root, "sink", &mut errors);
     for (kind, tables) in [("feed", &mut feed_tables), ("sink", &mut sink_tables)] {
@@ -204,6 +236,14 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
                 Duration::from_secs(service.health_stale_secs.max(1))
             }
         };
+        let capture_dir = match t.remove("capture_dir") {
+            None => None,
+            Some(toml::Value::String(d)) if !d.is_empty() => Some(PathBuf::from(d)),
+            Some(v) => {
+                errors.push(ConfigError::new(&scope, "capture_dir", format!("expected a directory path, got {v}")));
+                None
+            }
+        };
         let symbols = match t.remove("symbols") {
             None => {
                 errors.push(ConfigError::new(&scope, "symbols", "missing (a list of symbols, or \"all\")"));
@@ -237,13 +277,24 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
             }
             continue;
         };
+        let symbols = match (&mut shard_plan, symbols) {
+            (Some(plan), symbols) if enabled => match crate::shard::apply(plan, &name, symbols) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue, // no symbol of this feed in this shard: nothing to run
+                Err(e) => {
+                    errors.push(ConfigError::new(&scope, "symbols", e));
+                    continue;
+                }
+            },
+            (_, symbols) => symbols,
+        };
         // A disabled feed is validated too, so enabling it later holds no surprise.
         let spec = FeedSpec { name: name.clone(), symbols, options: t };
         match (plugin.build)(&spec) {
             Ok(_) if !enabled => disabled_feeds.push(name),
             Ok(listener) => {
                 used_sinks.insert(sink.clone());
-                feeds.push(Feed { name, connector: plugin.name, sink, listener, health_stale });
+                feeds.push(Feed { name, connector: plugin.name, sink, listener, health_stale, capture_dir, spec: spec.clone() });
             }
             Err(e) => errors.extend(e),
         }
@@ -270,7 +321,7 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
         errors.push(ConfigError::new("config", "feed", "no enabled [[feed]]: nothing to do"));
     }
     if errors.is_empty() {
-        Ok(Config { path: path.to_path_buf(), service, metrics_addr, feeds, sinks, disabled_feeds })
+        Ok(Config { path: path.to_path_buf(), service, metrics_addr, feeds, sinks, disabled_feeds, shard: shard_plan })
     } else {
         Err(errors)
     }

@@ -13,5 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod online_check;
 pub mod plugins;
+pub mod replay;
 pub mod run;
+pub mod shard;
 pub mod status;

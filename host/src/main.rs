@@ -12,9 +12,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Plugins => cli::plugins(),
-        Command::Check { online } => cli::check(&cli.config, online),
+        Command::Replay { feed, input, sink, stdout, snapshot } => data_storage::replay::replay(&cli.config, &data_storage::replay::ReplayArgs { feed, input, sink, stdout, snapshots: snapshot }),
+        Command::Check { online } => cli::check_sharded(&cli.config, online, cli.shard),
         Command::Run => {
-            let config = match config::load(&cli.config) {
+            let config = match config::load_sharded(&cli.config, cli.shard) {
                 Ok(c) => c,
                 Err(errors) => {
                     cli::report_config_errors(&cli.config, &errors);

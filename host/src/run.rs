@@ -50,6 +50,24 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
         },
     };
 
+    if let Some(plan) = &config.shard {
+        info!("{plan}");
+    }
+    // Captures open before anything runs: a capture_dir that cannot be written fails the start.
+    let mut captures: HashMap<String, Arc<ds_api::capture::Capture>> = HashMap::new();
+    for feed in &config.feeds {
+        let Some(dir) = &feed.capture_dir else { continue };
+        match ds_api::capture::Capture::start(dir, &feed.name, ds_api::capture::DEFAULT_MAX_FILE_BYTES) {
+            Ok(c) => {
+                info!(feed = %feed.name, dir = %dir.display(), "capturing raw frames");
+                captures.insert(feed.name.clone(), c);
+            }
+            Err(e) => {
+                error!(feed = %feed.name, dir = %dir.display(), error = %e, "cannot open the capture directory; not starting");
+                return RunReport { stats: registry, failed: true };
+            }
+        }
+    }
     let mut senders: HashMap<String, PacketSender> = HashMap::new();
     let mut buffers = JoinSet::new();
     for entry in config.sinks {
@@ -71,6 +89,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
     let mut listeners = JoinSet::new();
     for feed in config.feeds {
         let stats = Arc::new(FeedStats::default());
+        if let Some(c) = captures.get(&feed.name) {
+            stats.capture.install(c.clone());
+        }
         let out = senders.get(&feed.sink).expect("config checked that the sink exists").clone();
         let out = out.for_feed(stats.clone());
         let ctx = FeedContext { feed: Arc::from(feed.name.as_str()), out, stats: stats.clone(), shutdown: shutdown.clone() };
@@ -112,6 +133,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> RunReport {
                 break;
             }
         }
+    }
+    // Listeners are done: the capture files get their last records and gzip trailers.
+    for (feed, c) in captures {
+        let (recorded, dropped) = (c.recorded(), c.dropped());
+        let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+        info!(%feed, recorded, dropped, "capture closed");
     }
     while buffers.join_next().await.is_some() {}
     if let Some(t) = status_task {

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use ds_api::clock;
+use ds_api::clock::{self, SeriesClock};
 use ds_api::{DataPacket, FeedStats, GapMarker, GapReason, Instrument, Level, MarketIncremental, Snapshot};
 
 use crate::parser::{DepthSnapshot, DepthUpdate};
@@ -65,13 +65,16 @@ pub struct BookSync {
     instrument: Instrument,
     state: State,
     max_held: usize,
+    /// Timestamps of this book's series (book_delta, book_snapshot, book_gap of this symbol):
+    /// they depend only on this book's own receive times, so a replay reproduces them.
+    clock: SeriesClock,
 }
 
 impl BookSync {
     /// A book that starts out waiting for its first snapshot. `max_held` bounds the events
     /// kept while waiting (memory stays bounded if the REST endpoint is slow).
     pub fn new(instrument: Instrument, max_held: usize) -> Self {
-        BookSync { instrument, state: State::AwaitingSnapshot { held: VecDeque::new() }, max_held: max_held.max(1) }
+        BookSync { instrument, state: State::AwaitingSnapshot { held: VecDeque::new() }, max_held: max_held.max(1), clock: SeriesClock::new() }
     }
 
     pub fn instrument(&self) -> &Instrument {
@@ -127,8 +130,13 @@ impl BookSync {
         }
     }
 
-    /// Applies a REST snapshot taken after the held events started arriving.
+    /// Applies a REST snapshot taken after the held events started arriving, received now.
     pub fn on_snapshot(&mut self, snap: DepthSnapshot, out: &mut Vec<DataPacket>, stats: &FeedStats) -> SyncOutcome {
+        self.on_snapshot_at(snap, clock::now_ns(), out, stats)
+    }
+
+    /// Applies a REST snapshot the session received (applied) at `recv_ns`.
+    pub fn on_snapshot_at(&mut self, snap: DepthSnapshot, recv_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) -> SyncOutcome {
         let State::AwaitingSnapshot { held } = &mut self.state else {
             // A late answer to a request that is no longer needed.
             return SyncOutcome::Ok;
@@ -146,7 +154,7 @@ impl BookSync {
             }
         }
         let held = std::mem::take(held);
-        self.emit_snapshot(snap, out, stats);
+        self.emit_snapshot(snap, recv_ns, out, stats);
         self.state = State::Synced { last_u: lid, straddle: true };
         for upd in held {
             if self.on_update(upd, out, stats) == SyncOutcome::NeedSnapshot {
@@ -161,17 +169,22 @@ impl BookSync {
     /// Events held for a snapshot that will now never come are discarded and counted as
     /// out of sequence (their gap is already stored, or the book was never synced).
     pub fn on_disconnect(&mut self, reason: GapReason, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+        self.on_disconnect_at(reason, clock::now_ns(), out, stats);
+    }
+
+    /// [`Self::on_disconnect`] for a connection that ended at `at_ns`.
+    pub fn on_disconnect_at(&mut self, reason: GapReason, at_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         match &self.state {
             State::Synced { last_u, .. } => {
                 let last_u = *last_u;
-                self.emit_gap(reason, Some(last_u), None, clock::now_ns(), out, stats);
+                self.emit_gap(reason, Some(last_u), None, at_ns, out, stats);
             }
             State::AwaitingSnapshot { held } => stats.out_of_sequence.add(held.len() as u64),
         }
         self.state = State::AwaitingSnapshot { held: VecDeque::new() };
     }
 
-    fn emit_update(&self, u: HeldUpdate, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    fn emit_update(&mut self, u: HeldUpdate, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         let points = u.bids.len() + u.asks.len();
         stats.mi.inc();
         stats.points.add(points as u64);
@@ -181,13 +194,13 @@ impl BookSync {
             last_update_id: u.final_update_id,
             prev_update_id: None,
             event_time_ms: u.event_time_ms,
-            recv_time_ns: clock::reserve(u.recv_ns, points),
+            recv_time_ns: self.clock.reserve(u.recv_ns, points),
             bids: u.bids,
             asks: u.asks,
         }));
     }
 
-    fn emit_snapshot(&self, s: DepthSnapshot, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    fn emit_snapshot(&mut self, s: DepthSnapshot, recv_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         let points = (s.bids.len() + s.asks.len()).max(1);
         stats.st.inc();
         stats.points.add(points as u64);
@@ -196,13 +209,13 @@ impl BookSync {
             cur_seq: s.last_update_id,
             prev_seq: None,
             timestamp: None,
-            recv_time_ns: clock::reserve_now(points),
+            recv_time_ns: self.clock.reserve(recv_ns, points),
             bids: s.bids,
             asks: s.asks,
         }));
     }
 
-    fn emit_gap(&self, reason: GapReason, last_id: Option<u64>, next_id: Option<u64>, at_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    fn emit_gap(&mut self, reason: GapReason, last_id: Option<u64>, next_id: Option<u64>, at_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         stats.gaps.inc();
         stats.points.inc();
         if reason == GapReason::Shutdown {
@@ -210,7 +223,7 @@ impl BookSync {
         } else {
             tracing::warn!(exchange = self.instrument.exchange, symbol = %self.instrument.symbol, reason = reason.as_str(), ?last_id, ?next_id, "gap in order book updates; resyncing this symbol");
         }
-        out.push(DataPacket::Gap(GapMarker { instrument: self.instrument.clone(), reason, last_id, next_id, recv_time_ns: clock::reserve(at_ns, 1) }));
+        out.push(DataPacket::Gap(GapMarker { instrument: self.instrument.clone(), reason, last_id, next_id, recv_time_ns: self.clock.reserve(at_ns, 1) }));
     }
 }
 

@@ -8,7 +8,7 @@
 //! Files: [`wire`] (JSON shapes with samples), [`parser`], [`book_sync`] (the sync rule),
 //! [`session`] (one websocket connection), [`listener`] (symbol resolution and connection
 //! split), [`rest`] (snapshots, symbol list, weight budget), [`options`], [`snapshot_feed`],
-//! [`online_check`] (`data-storage check --online`).
+//! [`online_check`] (`data-storage check --online`), [`replay`] (`data-storage replay`).
 #![forbid(unsafe_code)]
 
 pub mod book_sync;
@@ -16,6 +16,7 @@ pub mod listener;
 pub mod online_check;
 pub mod options;
 pub mod parser;
+pub mod replay;
 pub mod rest;
 pub mod session;
 pub mod snapshot_feed;
@@ -28,6 +29,10 @@ ds_api::inventory::submit! {
         crate_name: env!("CARGO_PKG_NAME"),
         build: listener::DepthListener::build,
     }
+}
+
+ds_api::inventory::submit! {
+    ds_api::ReplayPlugin { connector: "binance_spot_depth", build: replay::DepthReplayer::build }
 }
 
 ds_api::inventory::submit! {

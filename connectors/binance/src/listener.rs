@@ -68,7 +68,7 @@ impl Listener for DepthListener {
         let mut tasks = JoinSet::new();
         for (n, group) in symbols.chunks(o.streams_per_connection).enumerate() {
             let (events_tx, events_rx) = ws::event_channel();
-            let session = DepthSession::new(
+            let mut session = DepthSession::new(
                 ctx.feed.clone(),
                 &o.ws_url,
                 group,
@@ -80,6 +80,7 @@ impl Listener for DepthListener {
                 ctx.shutdown.clone(),
                 events_tx,
             );
+            session.conn = n as u32;
             let cfg = SessionConfig { stale_after: Duration::from_secs(o.stale_after_secs), ..SessionConfig::default() };
             let name = format!("{}#{n}", ctx.feed);
             let ws = WsSession::new(name, session, cfg, events_rx, ctx.stats.clone());

@@ -168,10 +168,17 @@ impl BinanceRest {
     /// `GET /api/v3/depth?symbol=..&limit=..`, within the weight budget (every attempt,
     /// retries included).
     pub async fn depth_snapshot(&self, symbol: &str, shutdown: &Shutdown) -> Result<DepthSnapshot, SnapshotError> {
+        let (_url, body) = self.depth_snapshot_body(symbol, shutdown).await?;
+        parse_snapshot(&body).map_err(SnapshotError::Parse)
+    }
+
+    /// [`Self::depth_snapshot`] unparsed: the URL asked and the body as received, which a raw
+    /// capture records so a replay resyncs exactly like the live run.
+    pub async fn depth_snapshot_body(&self, symbol: &str, shutdown: &Shutdown) -> Result<(String, String), SnapshotError> {
         let url = format!("{}/api/v3/depth?symbol={}&limit={}", self.base, symbol, self.limit);
         let pacer = Paced { budget: &self.budget, weight: depth_weight(self.limit) };
         let body = http::get_text_paced(&self.client, &url, shutdown, &pacer).await.map_err(SnapshotError::Http)?;
-        parse_snapshot(&body).map_err(SnapshotError::Parse)
+        Ok((url, body))
     }
 }
 

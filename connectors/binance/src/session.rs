@@ -16,7 +16,7 @@ use ds_api::ws::{Disconnect, Flow, SessionHandler, WsMessage};
 use ds_api::{async_trait, clock, DataPacket, FeedStats, GapReason, Instrument, InvalidFrame, Shutdown};
 
 use crate::book_sync::{BookSync, HeldUpdate, SyncOutcome};
-use crate::parser::{DepthFrame, DepthParser, DepthSnapshot};
+use crate::parser::{parse_snapshot, DepthFrame, DepthParser};
 use crate::rest::BinanceRest;
 
 /// Pause before asking again for a snapshot that did not line up or failed: the REST
@@ -27,7 +27,8 @@ const RESNAPSHOT_DELAY: Duration = Duration::from_millis(500);
 pub struct SnapshotReady {
     book: usize,
     generation: u64,
-    result: Result<DepthSnapshot, String>,
+    /// The URL asked and the body received, parsed on the session's task when applied.
+    result: Result<(String, String), String>,
 }
 
 pub struct DepthSession {
@@ -45,6 +46,8 @@ pub struct DepthSession {
     shutdown: Shutdown,
     invalid_log: RateLimit,
     packets: Vec<DataPacket>,
+    /// The `n` of `feed#n`, for capture records.
+    pub(crate) conn: u32,
 }
 
 impl DepthSession {
@@ -84,6 +87,7 @@ impl DepthSession {
             shutdown,
             invalid_log: RateLimit::default(),
             packets: Vec::new(),
+            conn: 0,
         }
     }
 
@@ -100,7 +104,7 @@ impl DepthSession {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let result = rest.depth_snapshot(&symbol, &shutdown).await.map_err(|e| e.to_string());
+            let result = rest.depth_snapshot_body(&symbol, &shutdown).await.map_err(|e| e.to_string());
             let _ = tx.send(SnapshotReady { book, generation, result }).await;
         });
     }
@@ -117,7 +121,7 @@ impl DepthSession {
             warn!(feed = %self.feed, suppressed, "invalid frame: {reason}");
         }
         self.stats.points.inc();
-        self.out.send(DataPacket::Invalid(InvalidFrame::new("binance", self.feed.clone(), reason, raw, clock::reserve(recv_ns, 1))));
+        self.out.send(DataPacket::Invalid(InvalidFrame::new("binance", self.feed.clone(), reason, raw, self.stats.reserve_invalid(recv_ns, 1))));
     }
 }
 
@@ -180,9 +184,18 @@ impl SessionHandler for DepthSession {
             return Flow::Continue;
         }
         self.pending[ev.book] = false;
-        match ev.result {
-            Ok(snap) => {
-                if self.books[ev.book].on_snapshot(snap, &mut self.packets, &self.stats) == SyncOutcome::NeedSnapshot {
+        let result = ev.result.and_then(|(url, body)| {
+            // The time it is applied is its receive time: the capture records this moment, so
+            // a replay applies it between the same frames, with the same timestamp.
+            let recv_ns = clock::now_ns();
+            if let Some(c) = self.stats.capture.get() {
+                c.rest(self.conn, recv_ns, &url, &body);
+            }
+            parse_snapshot(&body).map(|snap| (snap, recv_ns)).map_err(|e| format!("snapshot from {url}: {e}"))
+        });
+        match result {
+            Ok((snap, recv_ns)) => {
+                if self.books[ev.book].on_snapshot_at(snap, recv_ns, &mut self.packets, &self.stats) == SyncOutcome::NeedSnapshot {
                     self.request_snapshot(ev.book, RESNAPSHOT_DELAY);
                 }
                 self.flush_packets();
@@ -196,11 +209,15 @@ impl SessionHandler for DepthSession {
     }
 
     fn on_disconnect(&mut self, why: &Disconnect) {
+        self.on_disconnect_at(why, clock::now_ns());
+    }
+
+    fn on_disconnect_at(&mut self, why: &Disconnect, at_ns: i64) {
         self.generation += 1;
         self.pending.iter_mut().for_each(|p| *p = false);
         let reason = if *why == Disconnect::Shutdown { GapReason::Shutdown } else { GapReason::Disconnect };
         for b in &mut self.books {
-            b.on_disconnect(reason, &mut self.packets, &self.stats);
+            b.on_disconnect_at(reason, at_ns, &mut self.packets, &self.stats);
         }
         self.flush_packets();
     }

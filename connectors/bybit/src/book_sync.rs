@@ -20,7 +20,7 @@
 //! said at that instant, it costs two points, and a rebuild at any time finds a snapshot at
 //! most 3 s old.
 
-use ds_api::clock;
+use ds_api::clock::{self, SeriesClock};
 use ds_api::{DataPacket, FeedStats, GapMarker, GapReason, Instrument, Level, MarketIncremental, Snapshot};
 
 use crate::parser::{BookUpdate, UpdateKind};
@@ -61,11 +61,14 @@ pub enum SyncOutcome {
 pub struct BookSync {
     instrument: Instrument,
     state: State,
+    /// Timestamps of this book's series: they depend only on this book's receive times, so a
+    /// replay of a capture reproduces them (see `ds_api::clock::SeriesClock`).
+    clock: SeriesClock,
 }
 
 impl BookSync {
     pub fn new(instrument: Instrument) -> Self {
-        BookSync { instrument, state: State::AwaitingSnapshot }
+        BookSync { instrument, state: State::AwaitingSnapshot, clock: SeriesClock::new() }
     }
 
     pub fn instrument(&self) -> &Instrument {
@@ -124,13 +127,18 @@ impl BookSync {
     /// The connection dropped (or the service stops, `reason` Shutdown): what happens until
     /// the next snapshot is unknown, and the store says so.
     pub fn on_disconnect(&mut self, reason: GapReason, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+        self.on_disconnect_at(reason, clock::now_ns(), out, stats);
+    }
+
+    /// [`Self::on_disconnect`] for a connection that ended at `at_ns`.
+    pub fn on_disconnect_at(&mut self, reason: GapReason, at_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         if let State::Synced { last_u } = self.state {
-            self.emit_gap(reason, Some(last_u), None, clock::now_ns(), out, stats);
+            self.emit_gap(reason, Some(last_u), None, at_ns, out, stats);
         }
         self.state = State::AwaitingSnapshot;
     }
 
-    fn emit_delta(&self, m: BookMessage, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    fn emit_delta(&mut self, m: BookMessage, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         let points = m.bids.len() + m.asks.len();
         stats.mi.inc();
         stats.points.add(points as u64);
@@ -141,13 +149,13 @@ impl BookSync {
             last_update_id: m.update_id,
             prev_update_id: None,
             event_time_ms: m.event_time_ms,
-            recv_time_ns: clock::reserve(m.recv_ns, points),
+            recv_time_ns: self.clock.reserve(m.recv_ns, points),
             bids: m.bids,
             asks: m.asks,
         }));
     }
 
-    fn emit_snapshot(&self, m: BookMessage, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    fn emit_snapshot(&mut self, m: BookMessage, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         let points = (m.bids.len() + m.asks.len()).max(1);
         stats.st.inc();
         stats.points.add(points as u64);
@@ -156,13 +164,13 @@ impl BookSync {
             cur_seq: m.update_id,
             prev_seq: None,
             timestamp: m.event_time_ms,
-            recv_time_ns: clock::reserve(m.recv_ns, points),
+            recv_time_ns: self.clock.reserve(m.recv_ns, points),
             bids: m.bids,
             asks: m.asks,
         }));
     }
 
-    fn emit_gap(&self, reason: GapReason, last_id: Option<u64>, next_id: Option<u64>, at_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    fn emit_gap(&mut self, reason: GapReason, last_id: Option<u64>, next_id: Option<u64>, at_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         stats.gaps.inc();
         stats.points.inc();
         if reason == GapReason::Shutdown {
@@ -170,7 +178,7 @@ impl BookSync {
         } else {
             tracing::warn!(exchange = "bybit", market = self.instrument.market, symbol = %self.instrument.symbol, reason = reason.as_str(), ?last_id, ?next_id, "gap in order book updates; this book restarts from its next snapshot");
         }
-        out.push(DataPacket::Gap(GapMarker { instrument: self.instrument.clone(), reason, last_id, next_id, recv_time_ns: clock::reserve(at_ns, 1) }));
+        out.push(DataPacket::Gap(GapMarker { instrument: self.instrument.clone(), reason, last_id, next_id, recv_time_ns: self.clock.reserve(at_ns, 1) }));
     }
 }
 

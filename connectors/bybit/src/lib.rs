@@ -16,6 +16,7 @@ pub mod book_sync;
 pub mod listener;
 pub mod options;
 pub mod parser;
+pub mod replay;
 pub mod rest;
 pub mod session;
 pub mod subscription;
@@ -37,4 +38,12 @@ ds_api::inventory::submit! {
         crate_name: env!("CARGO_PKG_NAME"),
         build: listener::TradeListener::build,
     }
+}
+
+ds_api::inventory::submit! {
+    ds_api::ReplayPlugin { connector: "bybit_orderbook", build: replay::build_orderbook }
+}
+
+ds_api::inventory::submit! {
+    ds_api::ReplayPlugin { connector: "bybit_trades", build: replay::build_trades }
 }

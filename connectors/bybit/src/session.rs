@@ -21,7 +21,8 @@ use ds_api::buffer::PacketSender;
 use ds_api::stats::RateLimit;
 use ds_api::traits::Parser;
 use ds_api::ws::{Disconnect, Flow, SessionHandler, WsMessage, WsStream};
-use ds_api::{async_trait, clock, DataPacket, FeedStats, GapReason, Instrument, InvalidFrame, Trade};
+use ds_api::clock::{self, SeriesClock};
+use ds_api::{async_trait, DataPacket, FeedStats, GapReason, Instrument, InvalidFrame, Trade};
 
 use crate::book_sync::{BookMessage, BookSync, SyncOutcome};
 use crate::options::{Category, SessionOptions};
@@ -51,8 +52,8 @@ pub trait TopicFeed: Send + 'static {
     /// invalid (it is then stored as such).
     fn on_frame(&mut self, frame: &[u8], recv_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) -> Result<Handled, String>;
 
-    /// The connection ended: nothing is known until each topic's next snapshot.
-    fn on_disconnect(&mut self, reason: GapReason, out: &mut Vec<DataPacket>, stats: &FeedStats);
+    /// The connection ended at `at_ns`: nothing is known until each topic's next snapshot.
+    fn on_disconnect(&mut self, reason: GapReason, at_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats);
 }
 
 /// Topic name -> index, for a cheap lookup by the frame's borrowed `topic`.
@@ -109,9 +110,9 @@ impl TopicFeed for OrderbookTopics {
         }
     }
 
-    fn on_disconnect(&mut self, reason: GapReason, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    fn on_disconnect(&mut self, reason: GapReason, at_ns: i64, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         for b in &mut self.books {
-            b.on_disconnect(reason, out, stats);
+            b.on_disconnect_at(reason, at_ns, out, stats);
         }
     }
 }
@@ -124,13 +125,16 @@ pub struct TradeTopics {
     topics: Vec<String>,
     by_topic: HashMap<Box<str>, usize>,
     instruments: Vec<Instrument>,
+    /// One clock per symbol's trade series (see `ds_api::clock::SeriesClock`).
+    clocks: Vec<SeriesClock>,
 }
 
 impl TradeTopics {
     pub fn new(category: Category, symbols: &[String]) -> Self {
         let topics: Vec<String> = symbols.iter().map(|s| trade_topic(s)).collect();
         let instruments = symbols.iter().map(|s| instrument(category, s)).collect();
-        TradeTopics { by_topic: topic_index(&topics), topics, instruments }
+        let clocks = vec![SeriesClock::new(); symbols.len()];
+        TradeTopics { by_topic: topic_index(&topics), topics, instruments, clocks }
     }
 }
 
@@ -154,7 +158,7 @@ impl TopicFeed for TradeTopics {
                 }
                 // Many trades share a frame and a millisecond: one run of unique timestamps,
                 // in Bybit's order, so none overwrites another (contract 4).
-                let first_ns = clock::reserve(recv_ns, trades.len());
+                let first_ns = self.clocks[i].reserve(recv_ns, trades.len());
                 stats.trades.add(trades.len() as u64);
                 stats.points.add(trades.len() as u64);
                 for (k, t) in trades.into_iter().enumerate() {
@@ -173,7 +177,7 @@ impl TopicFeed for TradeTopics {
         }
     }
 
-    fn on_disconnect(&mut self, _reason: GapReason, _out: &mut Vec<DataPacket>, _stats: &FeedStats) {}
+    fn on_disconnect(&mut self, _reason: GapReason, _at_ns: i64, _out: &mut Vec<DataPacket>, _stats: &FeedStats) {}
 }
 
 /// One Bybit connection.
@@ -234,7 +238,7 @@ impl<F: TopicFeed> BybitSession<F> {
             warn!(feed = %self.feed_name, conn = %self.conn, suppressed, "invalid frame: {reason}");
         }
         self.stats.points.inc();
-        self.out.send(DataPacket::Invalid(InvalidFrame::new("bybit", self.feed_name.clone(), reason, raw, clock::reserve(recv_ns, 1))));
+        self.out.send(DataPacket::Invalid(InvalidFrame::new("bybit", self.feed_name.clone(), reason, raw, self.stats.reserve_invalid(recv_ns, 1))));
     }
 
     fn on_reply(&mut self, reply: OpReply, raw: &str, recv_ns: i64, outbox: &mut Vec<WsMessage>) {
@@ -314,7 +318,12 @@ impl<F: TopicFeed> SessionHandler for BybitSession<F> {
             match msg {
                 WsMessage::Text(_) | WsMessage::Binary(_) => {
                     self.stats.frames.inc();
-                    if let Flow::Reconnect(why) = self.on_frame(msg, clock::now_ns(), &mut outbox) {
+                    let recv_ns = clock::now_ns();
+                    // Read here, not by the shared session's loop: captured here too.
+                    if let Some(c) = self.stats.capture.get() {
+                        c.ws(ds_api::capture::conn_number(&self.conn), recv_ns, &msg);
+                    }
+                    if let Flow::Reconnect(why) = self.on_frame(msg, recv_ns, &mut outbox) {
                         return Err(why);
                     }
                 }
@@ -371,8 +380,12 @@ impl<F: TopicFeed> SessionHandler for BybitSession<F> {
     }
 
     fn on_disconnect(&mut self, why: &Disconnect) {
+        self.on_disconnect_at(why, clock::now_ns());
+    }
+
+    fn on_disconnect_at(&mut self, why: &Disconnect, at_ns: i64) {
         let reason = if *why == Disconnect::Shutdown { GapReason::Shutdown } else { GapReason::Disconnect };
-        self.feed.on_disconnect(reason, &mut self.packets, &self.stats);
+        self.feed.on_disconnect(reason, at_ns, &mut self.packets, &self.stats);
         self.flush_packets();
     }
 }

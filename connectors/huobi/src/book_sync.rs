@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 
-use ds_api::clock;
+use ds_api::clock::{self, SeriesClock};
 use ds_api::{
     DataPacket, FeedStats, GapMarker, GapReason, Instrument, Level, MarketIncremental, Snapshot,
 };
@@ -81,6 +81,9 @@ pub struct MbpSync {
     instrument: Instrument,
     state: State,
     max_held: usize,
+    /// Timestamps of this book's MBP series: they depend only on this book's receive times, so
+    /// a replay of a capture reproduces them (see `ds_api::clock::SeriesClock`).
+    clock: SeriesClock,
 }
 
 impl MbpSync {
@@ -93,6 +96,7 @@ impl MbpSync {
                 held: VecDeque::new(),
             },
             max_held: max_held.max(1),
+            clock: SeriesClock::new(),
         }
     }
 
@@ -237,7 +241,7 @@ impl MbpSync {
         };
     }
 
-    fn emit_update(&self, u: MbpUpdate, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    fn emit_update(&mut self, u: MbpUpdate, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         let points = u.bids.len() + u.asks.len();
         stats.mi.inc();
         stats.points.add(points as u64);
@@ -247,13 +251,13 @@ impl MbpSync {
             last_update_id: u.seq_num,
             prev_update_id: Some(u.prev_seq_num),
             event_time_ms: u.ts,
-            recv_time_ns: clock::reserve(u.recv_ns, points),
+            recv_time_ns: self.clock.reserve(u.recv_ns, points),
             bids: u.bids,
             asks: u.asks,
         }));
     }
 
-    fn emit_snapshot(&self, s: MbpSnapshot, out: &mut Vec<DataPacket>, stats: &FeedStats) {
+    fn emit_snapshot(&mut self, s: MbpSnapshot, out: &mut Vec<DataPacket>, stats: &FeedStats) {
         let points = (s.bids.len() + s.asks.len()).max(1);
         stats.st.inc();
         stats.points.add(points as u64);
@@ -264,14 +268,14 @@ impl MbpSync {
             cur_seq: s.seq_num,
             prev_seq: None,
             timestamp: s.ts,
-            recv_time_ns: clock::reserve(s.recv_ns, points),
+            recv_time_ns: self.clock.reserve(s.recv_ns, points),
             bids: s.bids,
             asks: s.asks,
         }));
     }
 
     fn emit_gap(
-        &self,
+        &mut self,
         reason: GapReason,
         last_id: Option<u64>,
         next_id: Option<u64>,
@@ -291,7 +295,7 @@ impl MbpSync {
             reason,
             last_id,
             next_id,
-            recv_time_ns: clock::reserve(at_ns, 1),
+            recv_time_ns: self.clock.reserve(at_ns, 1),
         }));
     }
 }

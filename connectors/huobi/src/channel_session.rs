@@ -16,7 +16,8 @@ use std::sync::Arc;
 use ds_api::buffer::PacketSender;
 use ds_api::traits::Parser;
 use ds_api::ws::{Disconnect, Flow, SessionHandler, WsMessage, WsStream};
-use ds_api::{async_trait, clock, DataPacket, FeedStats, Instrument, Side, Snapshot, Trade};
+use ds_api::clock::{self, SeriesClock};
+use ds_api::{async_trait, DataPacket, FeedStats, Instrument, Side, Snapshot, Trade};
 use tracing::warn;
 
 use crate::gzip::Gunzip;
@@ -38,6 +39,10 @@ struct ChannelState {
     link: Link,
     channel: Channel,
     instruments: HashMap<Box<str>, Instrument>,
+    /// One clock per symbol's trade series (see `ds_api::clock::SeriesClock`). Periodic
+    /// snapshots (`depth.step0`, `mbp.refresh`) keep the process-wide clock: they write the
+    /// same `book_snapshot` series as an MBP feed of the same symbol would.
+    trade_clocks: HashMap<Box<str>, SeriesClock>,
     packets: Vec<DataPacket>,
 }
 
@@ -82,6 +87,7 @@ impl ChannelSession {
                 link: Link::new(feed, topics, ack_timeout, out, stats),
                 channel,
                 instruments,
+                trade_clocks: HashMap::new(),
                 packets: Vec::new(),
             },
         }
@@ -135,7 +141,11 @@ impl ChannelState {
                         }
                         stats.trades.add(trades.len() as u64);
                         stats.points.add(trades.len() as u64);
-                        for (w, taker_side) in trades {
+                        let first_ns = match self.trade_clocks.get_mut(topic.symbol) {
+                            Some(c) => c.reserve(recv_ns, trades.len()),
+                            None => self.trade_clocks.entry(topic.symbol.into()).or_default().reserve(recv_ns, trades.len()),
+                        };
+                        for (k, (w, taker_side)) in trades.into_iter().enumerate() {
                             self.packets.push(DataPacket::Trade(Trade {
                                 instrument: instrument.clone(),
                                 trade_id: compact_str::format_compact!("{}", w.trade_id),
@@ -143,7 +153,7 @@ impl ChannelState {
                                 size: w.amount,
                                 taker_side,
                                 event_time_ms: w.ts,
-                                recv_time_ns: clock::reserve(recv_ns, 1),
+                                recv_time_ns: first_ns + k as i64,
                             }));
                         }
                     }

@@ -20,7 +20,7 @@ use tracing::{error, warn};
 use ds_api::buffer::PacketSender;
 use ds_api::stats::RateLimit;
 use ds_api::ws::{WsMessage, WsStream};
-use ds_api::{clock, DataPacket, FeedStats, InvalidFrame};
+use ds_api::{DataPacket, FeedStats, InvalidFrame};
 
 use crate::gzip::{base64, GunzipError};
 
@@ -178,7 +178,7 @@ impl Link {
             self.feed.clone(),
             reason,
             raw,
-            clock::reserve(recv_ns, 1),
+            self.stats.reserve_invalid(recv_ns, 1),
         )));
     }
 }

@@ -146,6 +146,10 @@ pub fn packet_channel(sink: &str, capacity: usize, stats: Arc<SinkStats>) -> (Pa
 struct Batch {
     lines: Vec<u8>,
     points: usize,
+    /// Signals of the [`crate::packet::Lines`] packets in this batch: fired when the sink
+    /// stored it, dropped unfired when it goes to the spool (the spool keeps only lines), so
+    /// a bus source is never told "stored" for data still waiting.
+    acks: Vec<crate::packet::Ack>,
 }
 
 /// State shared by the encoder and the writer. Invariant: every batch in `queue` is older
@@ -291,6 +295,7 @@ impl Buffer {
         let mut packets = Vec::with_capacity(1024);
         let mut lines = Vec::with_capacity(1 << 20);
         let mut points = 0usize;
+        let mut acks = Vec::new();
         loop {
             let cut = tokio::select! {
                 n = rx.recv_many(&mut packets, 1024) => {
@@ -299,19 +304,22 @@ impl Buffer {
                     }
                     for p in packets.drain(..) {
                         points += LineProtocol::encode(&p, &mut lines);
+                        if let DataPacket::Lines(crate::packet::Lines { ack: Some(a), .. }) = p {
+                            acks.push(a);
+                        }
                     }
                     points >= cfg.batch_points
                 }
                 _ = tick.tick() => points > 0,
             };
             if cut {
-                let batch = Batch { lines: std::mem::replace(&mut lines, Vec::with_capacity(1 << 20)), points };
+                let batch = Batch { lines: std::mem::replace(&mut lines, Vec::with_capacity(1 << 20)), points, acks: std::mem::take(&mut acks) };
                 points = 0;
                 handle.hand_off(batch).await;
             }
         }
         if points > 0 {
-            handle.hand_off(Batch { lines, points }).await;
+            handle.hand_off(Batch { lines, points, acks }).await;
         }
         handle.with(|s, _, _| s.closed = true).await;
         handle.wake.notify_one();
@@ -370,7 +378,7 @@ impl Writer {
                         return Next::Batch(b, Source::Memory);
                     }
                     match s.spool.read_front() {
-                        Ok(Some((lines, points))) => Next::Batch(Batch { lines, points }, Source::Spool),
+                        Ok(Some((lines, points))) => Next::Batch(Batch { lines, points, acks: Vec::new() }, Source::Spool),
                         Ok(None) if s.closed => Next::Done,
                         Ok(None) => Next::Idle,
                         Err(e) => {
@@ -471,7 +479,7 @@ impl Writer {
                             })
                             .await;
                         source = Source::Spool;
-                        batch = self.handle.with(|s, _, _| s.spool.read_front().ok().flatten().map(|(lines, points)| Batch { lines, points })).await;
+                        batch = self.handle.with(|s, _, _| s.spool.read_front().ok().flatten().map(|(lines, points)| Batch { lines, points, acks: Vec::new() })).await;
                     } else {
                         self.handle.with(|s, _, _| s.healthy = false).await;
                     }
@@ -496,6 +504,9 @@ impl Writer {
             };
             if done {
                 stats.batches_written.inc();
+                for a in batch.take().map(|b| b.acks).unwrap_or_default() {
+                    a.fire();
+                }
                 if let Source::Spool = source {
                     self.handle
                         .with(|s, stats, name| {
@@ -584,6 +595,35 @@ mod tests {
         task.await.unwrap();
         let w = writes.lock().unwrap().clone();
         (stats, w)
+    }
+
+    /// Lines from a bus source pass verbatim; their ack fires only after the sink stored the
+    /// batch, and is dropped unfired when the batch went to the spool instead.
+    #[tokio::test]
+    async fn lines_are_written_verbatim_and_acked_only_once_stored() {
+        use crate::packet::{Ack, Lines};
+        for (answers, acked) in [(vec![], true), (vec![busy()], false)] {
+            let dir = temp_dir(if acked { "lines-ok" } else { "lines-spooled" });
+            let stats = Arc::new(SinkStats::default());
+            let writes = Arc::new(Mutex::new(Vec::new()));
+            let c = BufferConfig { batch_points: 2, ..cfg(&dir) };
+            let (tx, rx) = packet_channel("t", c.capacity, stats.clone());
+            let buffer = Buffer::new("t", Box::new(ScriptedSink { answers, writes: writes.clone() }), c, stats.clone(), rx).unwrap();
+            let (trigger, shutdown) = shutdown_pair();
+            let task = tokio::spawn(buffer.run(shutdown));
+            let (ack, rx_ack) = Ack::pair();
+            let lines: Arc<[u8]> = Arc::from(&b"m,exchange=x v=1 1\nm,exchange=x v=2 2\n"[..]);
+            assert!(tx.send(DataPacket::Lines(Lines { lines: lines.clone(), points: 2, ack: Some(ack) })));
+            let fired = tokio::time::timeout(Duration::from_secs(2), rx_ack).await;
+            trigger.trigger();
+            drop(tx);
+            task.await.unwrap();
+            let w = writes.lock().unwrap().clone();
+            assert!(w.iter().any(|(n, l)| *n == 2 && l.as_bytes() == &lines[..]), "written verbatim: {w:?}");
+            assert_eq!(matches!(fired, Ok(Ok(()))), acked, "ack fired: {fired:?}");
+            assert_eq!(stats.points_written.get(), 2);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     /// The timestamps of every line written, in write order.

@@ -1,4 +1,6 @@
-//! Unique point timestamps.
+//! Unique point timestamps: [`SeriesClock`] per book or series (what connectors use, so a
+//! replay reproduces them), and the older process-wide [`reserve`], kept for feeds that write
+//! another feed's series (see the rule in [`crate::line_protocol`]).
 //!
 //! InfluxDB merges points that share measurement, tag set and timestamp (contract 4). Many
 //! levels arrive in one frame, and several frames can be read in the same nanosecond tick, so
@@ -31,6 +33,40 @@ pub fn reserve(at_ns: i64, points: usize) -> i64 {
             Ok(_) => return base,
             Err(actual) => cur = actual,
         }
+    }
+}
+
+/// The timestamps of one series (one book, one feed's invalid frames): `reserve(at_ns, n)`
+/// returns `max(at_ns, last + 1)` and remembers the run's last nanosecond.
+///
+/// Why per series instead of the process-wide [`reserve`]: a timestamp then depends only on
+/// that series' own receive times and point counts, never on how other feeds interleaved,
+/// so `data-storage replay` of a capture reproduces the live run's timestamps exactly.
+/// Contract 4 still holds by construction as long as each series is stamped by exactly one
+/// `SeriesClock` (the rule is in [`crate::line_protocol`]): points of different series
+/// differ in measurement or tags, and one clock never hands out a nanosecond twice.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesClock {
+    last: i64,
+}
+
+impl SeriesClock {
+    pub fn new() -> Self {
+        SeriesClock::default()
+    }
+
+    /// Reserves `points` consecutive nanoseconds at or after `at_ns` (at least one, so every
+    /// packet has a distinct time) and returns the first.
+    pub fn reserve(&mut self, at_ns: i64, points: usize) -> i64 {
+        let n = points.max(1) as i64;
+        let base = at_ns.max(self.last + 1);
+        self.last = base + n - 1;
+        base
+    }
+
+    /// The last nanosecond handed out (0 before the first reservation).
+    pub fn last(&self) -> i64 {
+        self.last
     }
 }
 
@@ -87,6 +123,16 @@ mod tests {
         assert!(a >= t);
         assert!(b >= a + 10);
         assert!(c >= b + 5);
+    }
+
+    #[test]
+    fn series_clock_is_deterministic_and_never_reuses_a_nanosecond() {
+        let run = || {
+            let mut c = SeriesClock::new();
+            vec![c.reserve(100, 3), c.reserve(101, 2), c.reserve(50, 0), c.reserve(1_000, 1)]
+        };
+        assert_eq!(run(), vec![100, 103, 105, 1_000]);
+        assert_eq!(run(), run());
     }
 
     #[test]

@@ -9,10 +9,14 @@
 //! - [`buffer`]: the seed's `Buffer` (batching, back-pressure policy)
 //! - [`line_protocol`]: the storage format and schema
 //! - [`ws`], [`http`], [`backoff`]: what every connector needs to talk to an exchange
+//! - [`clock`]: unique timestamps per series ([`clock::SeriesClock`]), so replays reproduce them
+//! - [`capture`], [`replay`]: raw frame capture files and the connectors' replay hook
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod base64;
 pub mod buffer;
+pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod decimal;
@@ -21,6 +25,7 @@ pub mod http;
 pub mod line_protocol;
 pub mod packet;
 pub mod plugin;
+pub mod replay;
 pub mod shutdown;
 pub mod spool;
 pub mod stats;
@@ -33,7 +38,8 @@ pub use inventory;
 pub use config::{parse_options, FeedSpec, Secret, SinkSpec, Symbols};
 pub use decimal::Decimal;
 pub use error::{ConfigError, DBError, ListenerError, ParseError, SymbolError};
-pub use packet::{DataPacket, GapMarker, GapReason, Instrument, InvalidFrame, Level, MarketIncremental, Side, Snapshot, Trade};
-pub use plugin::{ConnectorPlugin, FeedContext, Listener, OnlineCheck, Sink, SinkPlugin};
+pub use packet::{Ack, DataPacket, GapMarker, GapReason, Instrument, InvalidFrame, Level, Lines, MarketIncremental, Side, Snapshot, Trade};
+pub use replay::Replayer;
+pub use plugin::{ConnectorPlugin, FeedContext, ReplayPlugin, Listener, OnlineCheck, Sink, SinkPlugin};
 pub use shutdown::{shutdown_pair, Shutdown, ShutdownTrigger};
 pub use stats::{FeedStats, SinkStats};

@@ -10,9 +10,24 @@
 //! | `trade`         | exchange, market, symbol, side        | price, qty, trade_id, [event_ts]                       |
 //! | `invalid_frame` | exchange, feed                        | reason, raw                                            |
 //!
-//! One point per level. The timestamp is the receive time in ns, unique per point by
-//! construction ([`crate::clock`]), so no point ever overwrites another (contract 4); prices
-//! and ids are fields, never tags. Prices and sizes are written as float fields in the
+//! One point per level. The timestamp is the receive time in ns, made unique per series, so
+//! no point ever overwrites another (contract 4); prices and ids are fields, never tags.
+//!
+//! **The timestamp rule.** Every series (measurement + tag set) is stamped by exactly one
+//! clock: each book's [`crate::clock::SeriesClock`] stamps its `book_delta`, `book_snapshot`
+//! and `book_gap` points (Binance, Bybit, HTX MBP), each symbol's trade clock its `trade`
+//! points, each feed's clock its `invalid_frame` points (tag `feed`). A timestamp then depends
+//! only on that series' own receive times, so `data-storage replay` of a capture writes the
+//! live run's points again, identical. Points of different series never merge (different
+//! tags), and one clock never hands out a nanosecond twice.
+//!
+//! The exception is a feed that writes another feed's series: `binance_spot_snapshot` (and
+//! HTX `depth.step0` / `mbp.refresh` snapshots) store `book_snapshot` for symbols that a depth
+//! feed may also store snapshots for, into the same sink. Those keep the process-wide
+//! [`crate::clock::reserve`], whose runs never overlap each other but may overlap a book's:
+//! two snapshot runs of one symbol could only share a nanosecond if both were received within
+//! one run's length (about 1 us for 1000 levels) of each other. Such feeds are not replayable
+//! yet; write them to a database of their own when that risk matters. Prices and sizes are written as float fields in the
 //! exchange's own decimal text. A snapshot with no level at all is stored as one point with
 //! `side=empty`, `levels=0i` and no price, so an empty book is still a stored fact.
 //!
@@ -129,6 +144,13 @@ impl LineProtocol {
                 1
             }
             DataPacket::Ping(_) => 0,
+            DataPacket::Lines(l) => {
+                out.extend_from_slice(&l.lines);
+                if !l.lines.is_empty() && !l.lines.ends_with(b"\n") {
+                    out.push(b'\n');
+                }
+                l.points
+            }
         }
     }
 }

@@ -171,6 +171,47 @@ impl InvalidFrame {
     }
 }
 
+/// Line protocol that is already encoded (a bus source such as `nats_source` holds stored
+/// lines, not exchange frames), passed to the sink verbatim.
+///
+/// `ack` fires once the sink stored (or quarantined) the batch holding these lines; it is
+/// dropped unfired when the batch goes to the spool or is lost, so a source that acknowledges
+/// its upstream only on the signal never acknowledges what is not stored, and the upstream
+/// redelivers it (harmless: the lines keep their timestamps, contract 4).
+#[derive(Debug, Clone)]
+pub struct Lines {
+    /// Whole lines, each ending in `\n`.
+    pub lines: Arc<[u8]>,
+    pub points: usize,
+    pub ack: Option<Ack>,
+}
+
+impl PartialEq for Lines {
+    /// The ack is a side channel, not part of the data.
+    fn eq(&self, other: &Self) -> bool {
+        self.lines == other.lines && self.points == other.points
+    }
+}
+
+/// The "stored" signal of [`Lines`]: a oneshot sender, shared so that `DataPacket` stays
+/// `Clone` (only the first `fire` of the clones signals).
+#[derive(Debug, Clone)]
+pub struct Ack(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>);
+
+impl Ack {
+    /// An ack and the receiver that resolves when it fires (and errors when it is dropped).
+    pub fn pair() -> (Ack, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Ack(Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    pub fn fire(&self) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Everything a connector sends to a sink.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataPacket {
@@ -185,6 +226,8 @@ pub enum DataPacket {
     Ping(i64),
     /// A frame that failed to parse, stored for inspection.
     Invalid(InvalidFrame),
+    /// Encoded line protocol from a bus source, written as it is.
+    Lines(Lines),
 }
 
 impl DataPacket {
@@ -195,6 +238,7 @@ impl DataPacket {
             DataPacket::ST(s) => (s.bids.len() + s.asks.len()).max(1),
             DataPacket::Gap(_) | DataPacket::Trade(_) | DataPacket::Invalid(_) => 1,
             DataPacket::Ping(_) => 0,
+            DataPacket::Lines(l) => l.points,
         }
     }
 
@@ -207,6 +251,7 @@ impl DataPacket {
             DataPacket::Trade(_) => "trade",
             DataPacket::Ping(_) => "ping",
             DataPacket::Invalid(_) => "invalid",
+            DataPacket::Lines(_) => "lines",
         }
     }
 }

@@ -99,6 +99,16 @@ pub struct ConnectorPlugin {
     pub build: fn(&FeedSpec) -> Result<Box<dyn Listener>, Vec<ConfigError>>,
 }
 
+/// A connector's replay hook for `data-storage replay`, registered next to its
+/// [`ConnectorPlugin`]. A registry of its own rather than a field of `ConnectorPlugin`, so the
+/// hook stays optional and additive: connectors without one compile unchanged.
+pub struct ReplayPlugin {
+    /// The `ConnectorPlugin::name` it replays.
+    pub connector: &'static str,
+    /// Builds a replayer running the connector's parser and sequence checks over recorded frames.
+    pub build: crate::replay::ReplayBuild,
+}
+
 /// A sink plugin.
 pub struct SinkPlugin {
     /// The `plugin = "..."` value of a `[[sink]]`.
@@ -112,6 +122,12 @@ pub struct SinkPlugin {
 
 inventory::collect!(ConnectorPlugin);
 inventory::collect!(SinkPlugin);
+inventory::collect!(ReplayPlugin);
+
+/// The replay hook of a connector, if it has one.
+pub fn find_replay(connector: &str) -> Option<&'static ReplayPlugin> {
+    inventory::iter::<ReplayPlugin>.into_iter().find(|p| p.connector == connector)
+}
 
 /// Every registered connector, sorted by name.
 pub fn connectors() -> Vec<&'static ConnectorPlugin> {

@@ -172,6 +172,21 @@ pub struct FeedStats {
     /// Exchange event time to local receive time of every book update that carries an event
     /// time (observed by the feed's packet sender, so every connector gets it).
     pub latency: Histogram,
+    /// The feed's raw capture, when `capture_dir` is set (see [`crate::capture`]).
+    pub capture: crate::capture::CaptureSlot,
+    /// Timestamps of the feed's `invalid_frame` series (tags exchange, feed): one clock per
+    /// feed, shared by its connections, so that series is stamped by exactly one clock.
+    pub invalid_clock: Mutex<crate::clock::SeriesClock>,
+}
+
+impl FeedStats {
+    /// A timestamp run for `points` invalid-frame points received at `at_ns`.
+    pub fn reserve_invalid(&self, at_ns: i64, points: usize) -> i64 {
+        match self.invalid_clock.lock() {
+            Ok(mut c) => c.reserve(at_ns, points),
+            Err(p) => p.into_inner().reserve(at_ns, points),
+        }
+    }
 }
 
 /// Per-sink counters.

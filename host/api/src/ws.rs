@@ -94,6 +94,13 @@ pub trait SessionHandler: Send {
 
     /// The connection ended; the handler marks gaps and plans its resync here.
     fn on_disconnect(&mut self, why: &Disconnect);
+
+    /// The connection ended at `at_ns` (the time a capture records for it). A handler whose
+    /// gap markers must replay to the same timestamps overrides this one; the default ignores
+    /// the time.
+    fn on_disconnect_at(&mut self, why: &Disconnect, _at_ns: i64) {
+        self.on_disconnect(why);
+    }
 }
 
 /// Why a connection ended, as told to [`SessionHandler::on_disconnect`].
@@ -120,6 +127,8 @@ pub struct WsSession<H: SessionHandler> {
     cfg: SessionConfig,
     events_rx: mpsc::Receiver<H::Event>,
     stats: Arc<FeedStats>,
+    /// The `n` of `feed#n`: which connection a capture record came from.
+    conn: u32,
 }
 
 /// The channel a handler uses to send events (REST results) back into its own session: create
@@ -131,7 +140,8 @@ pub fn event_channel<E>() -> (mpsc::Sender<E>, mpsc::Receiver<E>) {
 impl<H: SessionHandler> WsSession<H> {
     /// `name` identifies the connection in logs (`binance-spot#0`).
     pub fn new(name: String, handler: H, cfg: SessionConfig, events_rx: mpsc::Receiver<H::Event>, stats: Arc<FeedStats>) -> Self {
-        WsSession { name, handler, cfg, events_rx, stats }
+        let conn = crate::capture::conn_number(&name);
+        WsSession { name, handler, cfg, events_rx, stats, conn }
     }
 
     /// Connects, reads, reconnects, until `shutdown` fires. Returns the handler so the caller
@@ -167,7 +177,7 @@ impl<H: SessionHandler> WsSession<H> {
             };
             if let Err(e) = self.handler.on_open(&mut ws).await {
                 let _ = ws.close(None).await;
-                self.handler.on_disconnect(&Disconnect::SubscribeFailed(e.clone()));
+                self.disconnected(&Disconnect::SubscribeFailed(e.clone()));
                 self.wait_backoff(&mut shutdown, &url, &format!("subscribe failed: {e}")).await;
                 continue;
             }
@@ -179,12 +189,12 @@ impl<H: SessionHandler> WsSession<H> {
             match ended {
                 Ended::Shutdown => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                    self.handler.on_disconnect(&Disconnect::Shutdown);
+                    self.disconnected(&Disconnect::Shutdown);
                     return self.handler;
                 }
                 Ended::Lost(reason) => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                    self.handler.on_disconnect(&Disconnect::Lost(reason.clone()));
+                    self.disconnected(&Disconnect::Lost(reason.clone()));
                     if opened.elapsed() >= STABLE_AFTER {
                         self.cfg.backoff.reset();
                     }
@@ -192,6 +202,15 @@ impl<H: SessionHandler> WsSession<H> {
                 }
             }
         }
+    }
+
+    /// Tells the handler, and the capture first, that the connection ended, with one time.
+    fn disconnected(&mut self, why: &Disconnect) {
+        let at_ns = now_ns();
+        if let Some(c) = self.stats.capture.get() {
+            c.close(self.conn, at_ns, *why == Disconnect::Shutdown);
+        }
+        self.handler.on_disconnect_at(why, at_ns);
     }
 
     async fn wait_backoff(&mut self, shutdown: &mut Shutdown, url: &str, reason: &str) {
@@ -235,6 +254,9 @@ impl<H: SessionHandler> WsSession<H> {
                         Some(Ok(m)) => {
                             self.stats.frames.inc();
                             self.stats.last_message.set(recv_ns);
+                            if let Some(c) = self.stats.capture.get() {
+                                c.ws(self.conn, recv_ns, &m);
+                            }
                             self.handler.on_frame(m, recv_ns, &mut outbox)
                         }
                     }

@@ -8,4 +8,6 @@ mod faults;
 mod bybit;
 mod huobi;
 mod metrics;
+mod replay;
+mod nats;
 mod support;
