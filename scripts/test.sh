@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README): installs and starts what the tests need (InfluxDB on 127.0.0.1,
+# nats-server for the JetStream tests,
 # see scripts/influxdb.sh), runs the whole suite against it, and stops what it started.
 #
 #   bash scripts/test.sh            # every test
