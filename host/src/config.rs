@@ -90,6 +90,9 @@ pub struct Feed {
     pub capture_dir: Option<PathBuf>,
     /// The feed as its connector saw it, for `data-storage replay`.
     pub spec: FeedSpec,
+    /// Everything that defines this feed (its table after `${VAR}` expansion, and its symbols
+    /// after sharding): a reload restarts the feed when this changes, and only then.
+    pub fingerprint: String,
 }
 
 /// A validated sink, ready to run.
@@ -98,6 +101,9 @@ pub struct SinkEntry {
     pub plugin: &'static str,
     pub sink: Box<dyn Sink>,
     pub buffer: BufferConfig,
+    /// Everything that defines this sink (its table after `${VAR}` expansion, and its buffer
+    /// settings including the spool directory): a reload restarts the sink when this changes.
+    pub fingerprint: String,
 }
 
 /// The whole validated configuration.
@@ -192,8 +198,9 @@ pub fn parse_sharded(
     }
 
     // Sinks first, so feeds can be checked against their names.
-    let mut sink_defs: BTreeMap<String, (String, toml::Table)> = BTreeMap::new();
+    let mut sink_defs: BTreeMap<String, (String, toml::Table, String)> = BTreeMap::new();
     for (i, mut t) in sink_tables.into_iter().enumerate() {
+        let raw = t.to_string();
         let name = take_str(&mut t, "name", &format!("sink #{}", i + 1), &mut errors);
         let Some(name) = name else { continue };
         let scope = format!("sink \"{name}\"");
@@ -203,7 +210,7 @@ pub fn parse_sharded(
             continue;
         }
         if let Some(plugin) = plugin {
-            sink_defs.insert(name, (plugin, t));
+            sink_defs.insert(name, (plugin, t, raw));
         }
     }
 
@@ -212,6 +219,7 @@ pub fn parse_sharded(
     let mut used_sinks = HashSet::new();
     let mut feed_names = HashSet::new();
     for (i, mut t) in feed_tables.into_iter().enumerate() {
+        let raw = t.to_string();
         let Some(name) = take_str(&mut t, "name", &format!("feed #{}", i + 1), &mut errors) else { continue };
         let scope = format!("feed \"{name}\"");
         if !feed_names.insert(name.clone()) {
@@ -294,16 +302,18 @@ pub fn parse_sharded(
             Ok(_) if !enabled => disabled_feeds.push(name),
             Ok(listener) => {
                 used_sinks.insert(sink.clone());
-                feeds.push(Feed { name, connector: plugin.name, sink, listener, health_stale, capture_dir, spec: spec.clone() });
+                let fingerprint = format!("{raw}\n# symbols: {:?}", spec.symbols);
+                feeds.push(Feed { name, connector: plugin.name, sink, listener, health_stale, capture_dir, spec: spec.clone(), fingerprint });
             }
             Err(e) => errors.extend(e),
         }
     }
 
     let mut sinks = Vec::new();
-    for (name, (plugin_name, mut t)) in sink_defs {
+    for (name, (plugin_name, mut t, raw)) in sink_defs {
         let scope = format!("sink \"{name}\"");
         let buffer = buffer_config(&name, &mut t, &scope, &service, &mut errors);
+        let fingerprint = format!("{raw}\n# buffer: {buffer:?}");
         let Some(plugin) = find_sink(&plugin_name) else {
             let known: Vec<_> = ds_api::plugin::sinks().iter().map(|p| p.name).collect();
             errors.push(ConfigError::new(&scope, "plugin", format!("unknown sink plugin \"{plugin_name}\" (registered: {known:?})")));
@@ -311,7 +321,7 @@ pub fn parse_sharded(
         };
         // Every sink is validated, used or not; only used ones are kept.
         match (plugin.build)(&SinkSpec { name: name.clone(), options: t }) {
-            Ok(sink) if used_sinks.contains(&name) => sinks.push(SinkEntry { name, plugin: plugin.name, sink, buffer }),
+            Ok(sink) if used_sinks.contains(&name) => sinks.push(SinkEntry { name, plugin: plugin.name, sink, buffer, fingerprint }),
             Ok(_) => {}
             Err(e) => errors.extend(e),
         }

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::status::StatsRegistry;
+use crate::status::{SharedRegistry, StatsRegistry};
 use crate::{health, metrics};
 
 /// A request head larger than this is refused: a scraper's GET is a few hundred bytes.
@@ -35,8 +35,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until the task is aborted.
-pub async fn serve(listener: TcpListener, registry: StatsRegistry) {
-    let registry = Arc::new(registry);
+pub async fn serve(listener: TcpListener, registry: SharedRegistry) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
@@ -50,6 +49,8 @@ pub async fn serve(listener: TcpListener, registry: StatsRegistry) {
         };
         let registry = registry.clone();
         tokio::spawn(async move {
+            // The set of feeds and sinks as of this request (a reload may have changed it).
+            let registry = registry.snapshot();
             if tokio::time::timeout(CLIENT_TIMEOUT, handle(stream, &registry)).await.is_err() {
                 debug!(%peer, "metrics endpoint: client too slow; dropped");
             }
@@ -165,7 +166,7 @@ mod tests {
     async fn routes_answer_with_length_and_close() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(listener, StatsRegistry::default()));
+        let server = tokio::spawn(serve(listener, SharedRegistry::default()));
 
         let m = ask(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");

@@ -32,7 +32,9 @@ fn main() -> ExitCode {
             };
             let report = runtime.block_on(async {
                 tracing::info!(config = %config.path.display(), feeds = config.feeds.len(), sinks = config.sinks.len(), "data-storage starting");
-                run::run(config, stop_signal()).await
+                let (path, shard) = (cli.config.clone(), cli.shard);
+                let reload = run::Reload { requests: reload_signal(), load: Box::new(move || config::load_sharded(&path, shard)), outcomes: None };
+                run::run_with_reload(config, stop_signal(), Some(reload)).await
             });
             if report.failed {
                 ExitCode::FAILURE
@@ -41,6 +43,30 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// A message per SIGHUP: reload exchanges.toml (see the README, "Reloading").
+fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP received: reloading the configuration");
+                        // A full channel means a reload is already pending: it reads the file anew.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP; reload by restarting"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -329,3 +329,59 @@ flush_interval_ms = 200
     assert_eq!(spooled_lines(&dir.path().join("spool"), "book_delta,"), 0, "spool emptied");
     db.cleanup().await;
 }
+
+/// Polls the log files under `dir` until one contains `text` (bounded).
+fn wait_log(dir: &Path, text: &str, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if walk(dir).iter().any(|p| std::fs::read_to_string(p).unwrap_or_default().contains(text)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// SIGHUP reloads exchanges.toml: a broken file is refused with its errors and the service
+/// keeps running; a valid one adds a feed without touching the running one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_refusing_a_broken_file_and_adding_a_feed() {
+    let Some(cfg) = MockBinanceConfig::from_fixtures("2021-04-04") else { return };
+    let btc = binance_reference(&cfg.snapshots["BTCUSDT"], &cfg.frames, "BTCUSDT").applied_levels();
+    let mock = MockBinance::start(MockBinanceConfig { frame_interval: Duration::from_millis(4), resume: true, ..cfg }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let feed = |name: &str, symbol: &str| {
+        format!(
+            "[[feed]]\nname = \"{name}\"\nconnector = \"binance_spot_depth\"\nsymbols = [\"{symbol}\"]\nsink = \"files\"\nws_url = \"{}\"\nrest_url = \"{}\"\n",
+            mock.ws_url(),
+            mock.rest_url()
+        )
+    };
+    let config = |feeds: &str| format!("[service]\nlog_dir = \"logs\"\nstatus_interval_secs = 1\n{feeds}\n[[sink]]\nname = \"files\"\nplugin = \"file\"\ndir = \"data\"\n");
+    let child = spawn(dir.path(), &config(&feed("btc", "BTCUSDT")));
+    let logs = dir.path().join("logs");
+    assert!(wait_log(&logs, "feed starting", Duration::from_secs(20)), "started");
+
+    std::fs::write(dir.path().join("exchanges.toml"), config(&feed("btc", "BTCUSDT")).replace("plugin = \"file\"", "plugin = \"fiel\"")).unwrap();
+    signal(&child, "-HUP");
+    assert!(wait_log(&logs, "reload rejected", Duration::from_secs(20)), "the broken file is refused");
+
+    std::fs::write(dir.path().join("exchanges.toml"), config(&(feed("btc", "BTCUSDT") + &feed("eth", "ETHUSDT")))).unwrap();
+    signal(&child, "-HUP");
+    assert!(wait_log(&logs, "reload: done", Duration::from_secs(20)), "the valid file is applied");
+    assert!(mock.wait_all_frames_sent(Duration::from_secs(60)).await, "replay finished");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(&child, "-TERM");
+    let out = wait_exit(child, Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "still running after the refused reload, then stopped cleanly: {stdout}");
+    assert_eq!(stdout.matches("SIGHUP received").count(), 2, "{stdout}");
+    assert!(stdout.contains("reload rejected: sink \"files\": key `plugin`: unknown sink plugin \"fiel\""), "the error names the sink, the key and the value: {stdout}");
+    assert_eq!(stdout.matches("feed starting").count(), 2, "btc started once (never restarted), eth once: {stdout}");
+
+    let lines = read_data_lines(&dir.path().join("data"));
+    let deltas = |symbol: &str| lines.iter().filter(|l| l.starts_with("book_delta,") && l.contains(&format!("symbol={symbol}"))).count();
+    assert_eq!(deltas("BTCUSDT"), btc, "btc stored every applied level once, across both reloads");
+    assert!(deltas("ETHUSDT") > 0, "the added feed stored");
+    assert_eq!(mock.depth_requests("BTCUSDT"), 1, "btc never resynced");
+}

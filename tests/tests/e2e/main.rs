@@ -8,6 +8,7 @@ mod faults;
 mod bybit;
 mod huobi;
 mod metrics;
+mod reload;
 mod replay;
 mod nats;
 mod support;
