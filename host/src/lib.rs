@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod online_check;
 pub mod plugins;
+pub mod progress;
 pub mod reload;
 pub mod replay;
 pub mod run;

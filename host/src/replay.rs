@@ -7,13 +7,13 @@
 //! receive times (`ds_api::clock::SeriesClock`), so the replayed points are the live run's,
 //! point for point, and overwrite them in place.
 //!
-//! Ends with one summary line on stderr (frames, points, levels, seconds, rates); a progress
-//! line every second on long files.
+//! Ends with one summary line on stderr (frames, points, levels, seconds, rates); long files
+//! show a progress bar (a line every few seconds when stderr is not a terminal).
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ds_api::capture::RecordReader;
 use ds_api::line_protocol::LineProtocol;
@@ -21,14 +21,13 @@ use ds_api::{DBError, DataPacket, Sink};
 
 use crate::cli::{report_config_errors, EXIT_CONFIG};
 use crate::config;
+use crate::progress::Progress;
 
 /// Plain one-frame-per-line files carry no receive times: frame `i` is taken as received at
 /// `SYNTHETIC_START_NS + i * SYNTHETIC_STEP_NS` (2020-09-13T12:26:40Z, one frame per ms), so
 /// replays of the same file are identical.
 pub const SYNTHETIC_START_NS: i64 = 1_600_000_000_000_000_000;
 pub const SYNTHETIC_STEP_NS: i64 = 1_000_000;
-/// A progress line at most this often.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Points per write when the sink's own `batch_points` is unknown (stdout).
 const STDOUT_FLUSH_BYTES: usize = 1 << 20;
 /// `--sink null`: parse and check, store nothing.
@@ -159,26 +158,26 @@ fn output(mut config: config::Config, feed_sink: &str, args: &ReplayArgs) -> Res
     Ok(Output::Sink { sink: entry.sink, batch_points: entry.buffer.batch_points.max(1), runtime })
 }
 
-fn run(reader: RecordReader, replayer: &mut dyn ds_api::Replayer, output: &mut Output) -> Result<ReplaySummary, String> {
+fn run(mut reader: RecordReader, replayer: &mut dyn ds_api::Replayer, output: &mut Output) -> Result<ReplaySummary, String> {
     let started = Instant::now();
-    let mut last_progress = started;
+    let mut progress = Progress::new();
     let mut summary = ReplaySummary::default();
     let mut packets: Vec<DataPacket> = Vec::new();
     let mut lines: Vec<u8> = Vec::with_capacity(STDOUT_FLUSH_BYTES);
     let mut pending_points = 0usize;
-    for (i, record) in reader.enumerate() {
-        let record = record?;
+    let mut i = 0i64;
+    while let Some(record) = reader.next() {
+        let record = record.inspect_err(|_| progress.finish())?;
         summary.records += 1;
-        let at_ns = record.t.unwrap_or(SYNTHETIC_START_NS + i as i64 * SYNTHETIC_STEP_NS);
+        let at_ns = record.t.unwrap_or(SYNTHETIC_START_NS + i * SYNTHETIC_STEP_NS);
+        i += 1;
         replayer.feed(&record, at_ns, &mut packets);
         pending_points += encode(&mut packets, &mut lines, &mut summary);
-        flush(output, &mut lines, &mut pending_points, false)?;
-        if last_progress.elapsed() >= PROGRESS_EVERY {
-            last_progress = Instant::now();
-            let stats = replayer.stats();
-            eprintln!("replay: {} frames, {} points, {:.0} frames/s so far", stats.frames.get(), summary.points, stats.frames.get() as f64 / started.elapsed().as_secs_f64());
-        }
+        flush(output, &mut lines, &mut pending_points, false).inspect_err(|_| progress.finish())?;
+        let (read, size) = reader.progress();
+        progress.update(read, size, replayer.stats().frames.get(), summary.points);
     }
+    progress.finish();
     replayer.finish(&mut packets);
     pending_points += encode(&mut packets, &mut lines, &mut summary);
     flush(output, &mut lines, &mut pending_points, true)?;

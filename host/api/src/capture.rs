@@ -367,6 +367,10 @@ pub struct RecordReader {
     lines: Box<dyn BufRead>,
     buf: String,
     line_no: u64,
+    /// File bytes read so far (compressed bytes for a gzip file) and the file's size: the
+    /// progress of a long replay.
+    read: Arc<AtomicU64>,
+    size: u64,
 }
 
 impl RecordReader {
@@ -375,12 +379,34 @@ impl RecordReader {
         let mut magic = [0u8; 2];
         let n = f.read(&mut magic)?;
         let f = File::open(path)?;
+        let size = f.metadata()?.len();
+        let read = Arc::new(AtomicU64::new(0));
+        let f = CountingRead { inner: f, read: read.clone() };
         let lines: Box<dyn BufRead> = if n == 2 && magic == GZIP_MAGIC {
             Box::new(BufReader::with_capacity(1 << 20, MultiGzDecoder::new(BufReader::new(f))))
         } else {
             Box::new(BufReader::with_capacity(1 << 20, f))
         };
-        Ok(RecordReader { lines, buf: String::new(), line_no: 0 })
+        Ok(RecordReader { lines, buf: String::new(), line_no: 0, read, size })
+    }
+
+    /// (file bytes read, file size): how far a replay is.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.read.load(Ordering::Relaxed), self.size)
+    }
+}
+
+/// Counts the bytes taken from the file, under any decompression.
+struct CountingRead {
+    inner: File,
+    read: Arc<AtomicU64>,
+}
+
+impl Read for CountingRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
