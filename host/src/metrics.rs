@@ -46,6 +46,18 @@ const FEED_COUNTERS: &[(&str, &str, FeedValue)] = &[
     ("data_storage_feed_gaps_total", "Gap markers stored (sequence breaks, disconnects, shutdown).", |s| s.gaps.get()),
     ("data_storage_feed_resyncs_total", "Snapshots requested to (re)sync a symbol.", |s| s.resyncs.get()),
     ("data_storage_feed_reconnects_total", "Websocket connection attempts after the first.", |s| s.reconnects.get()),
+    ("data_storage_feed_rollovers_total", "Connections replaced make-before-break (age limit, serverShutdown), without a gap.", |s| s.rollovers.get()),
+];
+
+type CaptureValue = fn(&ds_api::capture::Capture) -> u64;
+
+const CAPTURE_COUNTERS: &[(&str, &str, CaptureValue)] = &[
+    ("data_storage_feed_capture_records_total", "Raw frames (and connection events) queued for the capture files.", |c| c.recorded()),
+    (
+        "data_storage_feed_capture_dropped_total",
+        "Capture records dropped because the capture writer fell behind; the stored data is unaffected.",
+        |c| c.dropped(),
+    ),
 ];
 
 const SINK_COUNTERS: &[(&str, &str, SinkValue)] = &[
@@ -86,6 +98,15 @@ pub fn render(reg: &StatsRegistry, now_ns: i64) -> String {
             let mut l = labels.clone();
             l.push(("kind", kind));
             sample(&mut out, "data_storage_feed_packets_total", &l, n);
+        }
+    }
+    // Only feeds with `capture_dir`: an absent series means "not capturing", not "nothing lost".
+    for (name, help, value) in CAPTURE_COUNTERS {
+        header(&mut out, name, help, Kind::Counter);
+        for ((_, s), labels) in reg.feeds.iter().zip(&feed_labels) {
+            if let Some(c) = s.capture.get() {
+                sample(&mut out, name, labels, value(c));
+            }
         }
     }
     header(&mut out, "data_storage_feed_connections", "Websocket connections open now.", Kind::Gauge);
@@ -264,5 +285,25 @@ mod tests {
                 assert!(declared.contains(family), "sample before its TYPE: {line}");
             }
         }
+    }
+
+    #[test]
+    fn capture_counters_only_for_capturing_feeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let capture = ds_api::capture::Capture::start(dir.path(), "cap", 1 << 20).unwrap();
+        capture.rest(0, 1, "http://127.0.0.1/depth", "{}");
+        capture.rest(0, 2, "http://127.0.0.1/depth", "{}");
+        capture.stop();
+        capture.rest(0, 3, "http://127.0.0.1/depth", "{}"); // after the writer stopped: dropped
+        let mut reg = registry();
+        let capturing = Arc::new(FeedStats::default());
+        capturing.capture.install(capture);
+        reg.feeds.push(("cap".into(), capturing));
+        reg.feed_meta.push(FeedMeta { connector: "binance_spot_depth", health_stale: Duration::from_secs(60) });
+        let text = render(&reg, 10_000_000_000);
+        let l = r#"{feed="cap",connector="binance_spot_depth"}"#;
+        assert!(text.lines().any(|x| x == format!("data_storage_feed_capture_records_total{l} 2")), "{text}");
+        assert!(text.lines().any(|x| x == format!("data_storage_feed_capture_dropped_total{l} 1")), "{text}");
+        assert_eq!(text.lines().filter(|x| x.starts_with("data_storage_feed_capture_dropped_total{")).count(), 1, "no series for a feed that does not capture");
     }
 }

@@ -73,9 +73,11 @@ pub struct MockBinanceConfig {
     /// Answers for the next depth requests, consumed in order before normal service: HTTP
     /// status and optional `Retry-After` seconds. For retry/back-off tests.
     pub fail_depth: Vec<(u16, Option<u64>)>,
-    /// When true, a new connection skips depth frames the truth has already processed (what a
-    /// real exchange does after a reconnect); when false (default) every connection replays
-    /// its streams from the first frame.
+    /// When true, a new connection skips depth frames the truth had already processed when it
+    /// connected (what a real exchange does after a reconnect), and every connection open at
+    /// the same time gets every later frame (two overlapping connections carry the same
+    /// events); when false (default) every connection replays its streams from the first
+    /// frame.
     pub resume: bool,
     /// Indices into `frames` sent twice in a row (applied to the truth once): a duplicated
     /// update.
@@ -92,6 +94,26 @@ pub struct MockBinanceConfig {
     /// valid `/stream` handshake; attempts with a bad path are not counted). Attempts without
     /// an entry are served normally.
     pub connection_faults: HashMap<usize, ConnectionFault>,
+    /// Binance's maintenance notice on one connection (see [`ServerShutdown`]).
+    pub server_shutdown: Option<ServerShutdown>,
+}
+
+/// `{"e":"serverShutdown","E":<ms>}` sent on the connection of handshake attempt `attempt`
+/// after it sent `after_frames` frames; that connection keeps being served for `close_after`,
+/// then gets a Close (1001) unless the client closed it first. With `refuse_replacement`, every
+/// handshake while it is open is refused (HTTP 503): a replacement that cannot connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerShutdown {
+    pub attempt: usize,
+    pub after_frames: usize,
+    pub close_after: Duration,
+    pub refuse_replacement: bool,
+}
+
+/// The text of Binance's maintenance notice.
+pub fn server_shutdown_text() -> String {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    format!(r#"{{"e":"serverShutdown","E":{now_ms}}}"#)
 }
 
 /// A fault of one WebSocket connection attempt ([`MockBinanceConfig::connection_faults`]).
@@ -124,6 +146,7 @@ impl Default for MockBinanceConfig {
             swap_frames: HashSet::new(),
             inject_raw: Vec::new(),
             connection_faults: HashMap::new(),
+            server_shutdown: None,
         }
     }
 }
@@ -351,8 +374,11 @@ struct Records {
     client_pings: usize,
     /// Valid `/stream` handshake attempts so far (accepted or refused).
     handshake_attempts: usize,
-    /// Handshake attempts refused by `ConnectionFault::Refuse`.
+    /// Handshake attempts refused by `ConnectionFault::Refuse` or during a `ServerShutdown`
+    /// with `refuse_replacement`.
     refused: usize,
+    /// A connection announced `serverShutdown` and is still open.
+    shutting_down: bool,
 }
 
 struct State {
@@ -370,6 +396,7 @@ struct Shared {
     swap_frames: HashSet<usize>,
     inject_raw: HashMap<usize, Vec<String>>,
     connection_faults: HashMap<usize, ConnectionFault>,
+    server_shutdown: Option<ServerShutdown>,
     ping_interval: Duration,
     frame_interval: Duration,
     start_delay: Duration,
@@ -461,6 +488,7 @@ impl MockBinance {
             swap_frames: config.swap_frames,
             inject_raw,
             connection_faults: config.connection_faults,
+            server_shutdown: config.server_shutdown,
             ping_interval: config.ping_interval,
             frame_interval: config.frame_interval,
             start_delay: config.start_delay,
@@ -479,6 +507,7 @@ impl MockBinance {
                     client_pings: 0,
                     handshake_attempts: 0,
                     refused: 0,
+                    shutting_down: false,
                 },
             }),
         });
@@ -865,6 +894,7 @@ async fn serve_ws(
 ) {
     let mut target = String::new();
     let mut fault = None;
+    let mut attempt_no = usize::MAX;
     // The callback's signature is tungstenite's; its large Err type is not ours to box.
     #[allow(clippy::result_large_err)]
     let callback = |req: &WsRequest, resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
@@ -874,8 +904,11 @@ async fn serve_ws(
                 let mut state = shared.state();
                 let attempt = state.records.handshake_attempts;
                 state.records.handshake_attempts += 1;
+                attempt_no = attempt;
                 fault = shared.connection_faults.get(&attempt).copied();
-                if fault == Some(ConnectionFault::Refuse) {
+                let shutting_down = state.records.shutting_down
+                    && shared.server_shutdown.is_some_and(|s| s.refuse_replacement);
+                if fault == Some(ConnectionFault::Refuse) || shutting_down {
                     state.records.refused += 1;
                     let mut err =
                         ErrorResponse::new(Some(format!("mock refuses attempt {attempt}")));
@@ -919,8 +952,15 @@ async fn serve_ws(
         .filter_map(|(i, f)| serves_as(&streams, &f.stream).map(|name| (i, name)))
         .collect();
     let connected_at = Instant::now();
-    let id = {
+    let (id, resume_from) = {
         let mut state = shared.state();
+        // What the truth had processed when this connection opened: with `resume`, frames up
+        // to there are not this connection's business; later ones are, whoever sent them.
+        let resume_from: HashMap<String, usize> = state
+            .truth
+            .iter()
+            .filter_map(|(symbol, t)| t.processed_up_to.map(|p| (symbol.clone(), p)))
+            .collect();
         let id = state.records.connections.len();
         state.records.connections.push(ConnectionInfo {
             id,
@@ -938,8 +978,11 @@ async fn serve_ws(
             closed_at: None,
             close_reason: None,
         });
-        id
+        (id, resume_from)
     };
+    let notice = shared.server_shutdown.filter(|s| s.attempt == attempt_no);
+    // When the connection that announced `serverShutdown` is closed by the mock.
+    let mut shutdown_close_at: Option<Instant> = None;
 
     let (mut tx, mut rx) = ws.split();
     let mut ping = tokio::time::interval_at(
@@ -968,6 +1011,11 @@ async fn serve_ws(
                     let _ = tx.send(Message::Close(Some(frame))).await;
                 }
                 break format!("forced disconnect ({kind:?})");
+            }
+            _ = tokio::time::sleep_until(shutdown_close_at.unwrap_or(connected_at)), if shutdown_close_at.is_some() => {
+                let frame = CloseFrame { code: CloseCode::Away, reason: "server shutdown".into() };
+                let _ = tx.send(Message::Close(Some(frame))).await;
+                break "mock serverShutdown close".to_owned();
             }
             incoming = rx.next() => match incoming {
                 None => break "peer closed the TCP connection".to_owned(),
@@ -1012,8 +1060,10 @@ async fn serve_ws(
                     continue;
                 }
                 let (index, name) = plan[here];
-                let (outcome, mut texts) = frame_texts(&shared, id, index, name);
-                if outcome != FrameOutcome::Skip && shared.swap_frames.contains(&index) {
+                let (outcome, mut texts) = frame_texts(&shared, id, index, name, &resume_from);
+                // Swaps, like duplicates and injections, apply to a frame's first sending, not
+                // to a second connection's copy.
+                if matches!(outcome, FrameOutcome::Send | FrameOutcome::Drop) && shared.swap_frames.contains(&index) {
                     // Send the next frame of the same stream first; the truth has already
                     // applied this one, so it keeps the real order.
                     let stream = &shared.frames[index].stream;
@@ -1021,7 +1071,7 @@ async fn serve_ws(
                         .find(|&q| !consumed.contains(&q) && shared.frames[plan[q].0].stream == *stream)
                     {
                         consumed.insert(q);
-                        let (_, mut first) = frame_texts(&shared, id, plan[q].0, plan[q].1);
+                        let (_, mut first) = frame_texts(&shared, id, plan[q].0, plan[q].1, &resume_from);
                         first.append(&mut texts);
                         texts = first;
                     }
@@ -1047,6 +1097,15 @@ async fn serve_ws(
                     shared.state().records.connections[id].replay_done = true;
                 }
                 let sent = shared.state().records.connections[id].frames_sent;
+                if let Some(n) = notice.filter(|n| shutdown_close_at.is_none() && sent >= n.after_frames) {
+                    if let Err(e) = tx.send(Message::text(server_shutdown_text())).await {
+                        break format!("write error: {e}");
+                    }
+                    let mut state = shared.state();
+                    state.records.connections[id].extra_sent += 1;
+                    state.records.shutting_down = true;
+                    shutdown_close_at = Some(Instant::now() + n.close_after);
+                }
                 match fault {
                     Some(ConnectionFault::CloseAfter(n)) if sent >= n => {
                         // Dropping both halves drops the TCP connection without a Close.
@@ -1067,6 +1126,9 @@ async fn serve_ws(
             }
         }
     };
+    if shutdown_close_at.is_some() {
+        shared.state().records.shutting_down = false;
+    }
     close_connection(&shared, id, reason);
 }
 
@@ -1078,10 +1140,11 @@ fn frame_texts(
     connection: usize,
     index: usize,
     name: &str,
+    resume_from: &HashMap<String, usize>,
 ) -> (FrameOutcome, Vec<(String, bool)>) {
-    let outcome = process_frame(shared, connection, index);
+    let outcome = process_frame(shared, connection, index, resume_from);
     let mut texts = Vec::new();
-    if outcome == FrameOutcome::Send {
+    if outcome == FrameOutcome::Send || outcome == FrameOutcome::Copy {
         let frame = &shared.frames[index];
         let text = if name == frame.stream {
             frame.raw.clone()
@@ -1092,12 +1155,12 @@ fn frame_texts(
                 1,
             )
         };
-        if shared.duplicate_frames.contains(&index) {
+        if outcome == FrameOutcome::Send && shared.duplicate_frames.contains(&index) {
             texts.push((text.clone(), false));
         }
         texts.insert(0, (text, true));
     }
-    if outcome != FrameOutcome::Skip {
+    if outcome == FrameOutcome::Send || outcome == FrameOutcome::Drop {
         for raw in shared.inject_raw.get(&index).into_iter().flatten() {
             texts.push((raw.clone(), false));
         }
@@ -1110,23 +1173,36 @@ enum FrameOutcome {
     Send,
     /// Withheld (`drop_frames`); applied to the truth.
     Drop,
-    /// Already processed by the truth and `resume` is on: not this connection's business.
+    /// Already processed by the truth when this connection opened, and `resume` is on: not
+    /// this connection's business.
     Skip,
+    /// With `resume`: already processed (and sent) by another connection open at the same
+    /// time; this one sends its own plain copy, as every connection gets every event.
+    Copy,
 }
 
 /// Applies frame `index` to the truth (once, whichever connection gets there first) and says
 /// what this connection does with it.
-fn process_frame(shared: &Shared, connection: usize, index: usize) -> FrameOutcome {
+fn process_frame(
+    shared: &Shared,
+    connection: usize,
+    index: usize,
+    resume_from: &HashMap<String, usize>,
+) -> FrameOutcome {
     let frame = &shared.frames[index];
     let mut guard = shared.state();
     let state = &mut *guard;
+    let mut copy = false;
     if let Some(update) = &frame.depth {
         if let Some(truth) = state.truth.get_mut(&update.symbol) {
             let already = truth.processed_up_to.is_some_and(|p| index <= p);
             if already && shared.resume {
-                let conn = &mut state.records.connections[connection];
-                conn.frames_planned -= 1;
-                return FrameOutcome::Skip;
+                if resume_from.get(&update.symbol).is_some_and(|&p| index <= p) {
+                    let conn = &mut state.records.connections[connection];
+                    conn.frames_planned -= 1;
+                    return FrameOutcome::Skip;
+                }
+                copy = true;
             }
             if !already {
                 truth.processed_up_to = Some(index);
@@ -1141,7 +1217,13 @@ fn process_frame(shared: &Shared, connection: usize, index: usize) -> FrameOutco
     }
     if shared.drop_frames.contains(&index) {
         state.records.connections[connection].frames_dropped += 1;
-        FrameOutcome::Drop
+        if copy {
+            FrameOutcome::Skip
+        } else {
+            FrameOutcome::Drop
+        }
+    } else if copy {
+        FrameOutcome::Copy
     } else {
         FrameOutcome::Send
     }
@@ -1513,6 +1595,56 @@ mod tests {
             "BTCUSDT",
         );
         assert_eq!(mock.book("BTCUSDT"), reference.book);
+    }
+
+    #[tokio::test]
+    async fn server_shutdown_notice_overlapping_copies_and_refused_replacements() {
+        let Some(mut config) = MockBinanceConfig::from_fixtures(SET_A) else {
+            return;
+        };
+        config.resume = true;
+        config.frame_interval = Duration::from_millis(2);
+        config.server_shutdown = Some(ServerShutdown {
+            attempt: 0,
+            after_frames: 10,
+            close_after: Duration::from_millis(600),
+            refuse_replacement: true,
+        });
+        let btc = frames_of(&config.frames, "btcusdt@depth@100ms");
+        let mock = MockBinance::start(config).await;
+        let url = mock.stream_url(&["btcusdt@depth@100ms"]);
+        let (_tx, mut rx) = connect(&url).await.split();
+        let first = read_texts(&mut rx, 11).await;
+        assert_eq!(first[..10], btc[..10]);
+        assert!(first[10].starts_with(r#"{"e":"serverShutdown","E":"#), "{}", first[10]);
+        // While the announcing connection is open, a replacement is refused...
+        assert!(tokio_tungstenite::connect_async(&url).await.is_err());
+        assert_eq!(mock.refused_connections(), 1);
+        // ...the old one is served on, then closed with 1001.
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match rx.next().await {
+                    Some(Ok(Message::Close(f))) => break f.map(|f| f.code),
+                    Some(Ok(_)) => {}
+                    _ => break None,
+                }
+            }
+        })
+        .await
+        .expect("closed within the deadline");
+        assert_eq!(closed, Some(CloseCode::Away));
+        assert!(mock.connections()[0].frames_sent > 10);
+
+        // Two connections open at the same time each get every frame after the later one
+        // opened (a rollover's overlap), the earlier one sends its own copies.
+        let (_a_tx, mut a_rx) = connect(&url).await.split();
+        let (_b_tx, mut b_rx) = connect(&url).await.split();
+        let a = read_texts(&mut a_rx, 30).await;
+        let b = read_texts(&mut b_rx, 20).await;
+        let start = a.iter().position(|f| *f == b[0]).expect("the later connection's first frame reached the earlier one too");
+        let n = (a.len() - start).min(b.len());
+        assert!(n >= 10, "overlap of {n} frames");
+        assert_eq!(a[start..start + n], b[..n], "same frames, same order");
     }
 
     #[tokio::test]

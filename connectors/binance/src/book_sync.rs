@@ -85,6 +85,16 @@ impl BookSync {
         matches!(self.state, State::Synced { .. })
     }
 
+    /// The last update id this book has taken in, applied or held for its snapshot: an event
+    /// that ends at or before it brings nothing new. `None` while nothing is held and no
+    /// snapshot is applied. A rollover's overlap tells the copies of one event apart with it.
+    pub fn last_seen_u(&self) -> Option<u64> {
+        match &self.state {
+            State::Synced { last_u, .. } => Some(*last_u),
+            State::AwaitingSnapshot { held } => held.back().map(|u| u.final_update_id),
+        }
+    }
+
     /// Feeds one stream event; packets to store go to `out`.
     pub fn on_update(&mut self, upd: HeldUpdate, out: &mut Vec<DataPacket>, stats: &FeedStats) -> SyncOutcome {
         match &mut self.state {
@@ -130,6 +140,22 @@ impl BookSync {
         }
     }
 
+    /// [`Self::on_update`] for an event of a rollover's overlap ([`crate::overlap`]): one that
+    /// overlaps the last applied event (`U <= last u + 1 <= u`) continues the chain. Another
+    /// connection may batch the same updates into different events, and a depth event carries
+    /// absolute quantities (each level as it is at `u`), so applying the part already applied
+    /// again changes nothing; the same rule lets the first event after a snapshot straddle it.
+    pub fn on_overlapping_update(&mut self, upd: HeldUpdate, out: &mut Vec<DataPacket>, stats: &FeedStats) -> SyncOutcome {
+        if let State::Synced { last_u, straddle: false } = self.state {
+            if upd.first_update_id <= last_u && upd.final_update_id > last_u {
+                self.state = State::Synced { last_u: upd.final_update_id, straddle: false };
+                self.emit_update(upd, out, stats);
+                return SyncOutcome::Ok;
+            }
+        }
+        self.on_update(upd, out, stats)
+    }
+
     /// Applies a REST snapshot taken after the held events started arriving, received now.
     pub fn on_snapshot(&mut self, snap: DepthSnapshot, out: &mut Vec<DataPacket>, stats: &FeedStats) -> SyncOutcome {
         self.on_snapshot_at(snap, clock::now_ns(), out, stats)
@@ -156,12 +182,15 @@ impl BookSync {
         let held = std::mem::take(held);
         self.emit_snapshot(snap, recv_ns, out, stats);
         self.state = State::Synced { last_u: lid, straddle: true };
+        let mut outcome = SyncOutcome::Ok;
         for upd in held {
+            // After a break the book waits for a new snapshot again, and `on_update` holds
+            // the rest behind the event that broke the chain: none of them is lost uncounted.
             if self.on_update(upd, out, stats) == SyncOutcome::NeedSnapshot {
-                return SyncOutcome::NeedSnapshot;
+                outcome = SyncOutcome::NeedSnapshot;
             }
         }
-        SyncOutcome::Ok
+        outcome
     }
 
     /// The connection dropped (or the service stops, `reason` Shutdown): whatever happens
@@ -297,6 +326,24 @@ mod tests {
         let DataPacket::Gap(g) = &out[2] else { panic!() };
         assert_eq!((g.last_id, g.next_id), (Some(12), Some(15)));
         assert_eq!(stats.gaps.get(), 1);
+    }
+
+    #[test]
+    fn events_held_behind_a_break_found_at_the_snapshot_are_kept_and_counted() {
+        // A late snapshot: the held run already contains a hole (15 after 12). The events after
+        // the break stay held for the next snapshot, which supersedes them: every event ends in
+        // exactly one counter.
+        let stats = FeedStats::default();
+        let mut b = BookSync::new(inst(), 100);
+        let mut out = vec![];
+        for (first, last) in [(11, 12), (15, 16), (17, 18), (19, 20)] {
+            b.on_update(upd(first, last), &mut out, &stats);
+        }
+        assert_eq!(b.on_snapshot(snap(10), &mut out, &stats), SyncOutcome::NeedSnapshot);
+        assert_eq!(b.on_snapshot(snap(20), &mut out, &stats), SyncOutcome::Ok);
+        b.on_update(upd(21, 22), &mut out, &stats);
+        assert_eq!(kinds(&out), ["ST10", "MI11-12", "gap:sequence_break", "ST20", "MI21-22"]);
+        assert_eq!((stats.mi.get(), stats.superseded.get(), stats.out_of_sequence.get()), (2, 3, 0));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - `binance_spot_snapshot`: REST depth snapshots on a fixed interval, stored as ST.
 //!
 //! Files: [`wire`] (JSON shapes with samples), [`parser`], [`book_sync`] (the sync rule),
-//! [`session`] (one websocket connection), [`listener`] (symbol resolution and connection
+//! [`session`] (one websocket connection), [`overlap`] (its books while a rollover has two
+//! connections open), [`listener`] (symbol resolution and connection
 //! split), [`rest`] (snapshots, symbol list, weight budget), [`options`], [`snapshot_feed`],
 //! [`online_check`] (`data-storage check --online`), [`replay`] (`data-storage replay`).
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod book_sync;
 pub mod listener;
 pub mod online_check;
 pub mod options;
+pub mod overlap;
 pub mod parser;
 pub mod replay;
 pub mod rest;

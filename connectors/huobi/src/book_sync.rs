@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 
-use ds_api::clock::{self, SeriesClock};
+use ds_api::clock::SeriesClock;
 use ds_api::{
     DataPacket, FeedStats, GapMarker, GapReason, Instrument, Level, MarketIncremental, Snapshot,
 };
@@ -224,15 +224,18 @@ impl MbpSync {
     /// The connection dropped (or the service stops, `reason` Shutdown): what happens until
     /// the next snapshot is unknown, and the store says so. Held incrementals die with the
     /// connection and are counted.
+    /// The connection ended at `at_ns` (the time a capture records for it, so a replay stamps
+    /// the gap marker as the live run did).
     pub fn on_disconnect(
         &mut self,
         reason: GapReason,
+        at_ns: i64,
         out: &mut Vec<DataPacket>,
         stats: &FeedStats,
     ) {
         match &self.state {
             State::Synced { last_seq, .. } => {
-                self.emit_gap(reason, Some(*last_seq), None, clock::now_ns(), out, stats)
+                self.emit_gap(reason, Some(*last_seq), None, at_ns, out, stats)
             }
             State::AwaitingSnapshot { held } => stats.out_of_sequence.add(held.len() as u64),
         }
@@ -479,7 +482,7 @@ mod tests {
                     S(s) => {
                         b.on_snapshot(snap(s), &mut out, &stats);
                     }
-                    D => b.on_disconnect(GapReason::Disconnect, &mut out, &stats),
+                    D => b.on_disconnect(GapReason::Disconnect, ds_api::clock::now_ns(), &mut out, &stats),
                 }
             }
             assert_eq!(kinds(&out), c.expect, "case {i}: {}", c.name);

@@ -23,6 +23,7 @@ use tracing::warn;
 use crate::gzip::Gunzip;
 use crate::link::Link;
 use crate::parser::{Channel, HuobiFrame, HuobiParser, Tick, Topic};
+use crate::replay::ReplayFrame;
 
 /// The `market` tag of a channel's points.
 pub fn market_of(channel: Channel) -> &'static str {
@@ -92,6 +93,21 @@ impl ChannelSession {
             },
         }
     }
+
+    /// One recorded frame, for [`crate::replay`]: gzip as received live, or (plain JSONL
+    /// files) the inflated text. Nothing is sent back.
+    pub fn replay_frame(&mut self, frame: ReplayFrame<'_>, recv_ns: i64) {
+        let mut outbox = Vec::new();
+        match frame {
+            ReplayFrame::Gzip(wire) => {
+                self.on_frame(WsMessage::binary(wire.to_vec()), recv_ns, &mut outbox);
+            }
+            ReplayFrame::Text(text) => {
+                self.state.on_text(text.as_bytes(), recv_ns, &mut outbox);
+                self.state.flush_packets();
+            }
+        }
+    }
 }
 
 impl ChannelState {
@@ -104,8 +120,9 @@ impl ChannelState {
                 self.link.on_ack(id, topic);
             }
             Ok(HuobiFrame::Error { id, code, message }) => {
-                stats.control.inc();
-                if !self.link.on_sub_error(id, &code, &message) {
+                // A refused `sub` is counted (and stored) as invalid by the link.
+                if !self.link.on_sub_error(id, &code, &message, text, recv_ns) {
+                    stats.control.inc();
                     warn!(feed = %self.link.feed(), ?id, %code, %message, "error from Huobi");
                 }
             }

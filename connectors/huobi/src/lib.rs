@@ -21,6 +21,7 @@ pub mod link;
 pub mod listener;
 pub mod options;
 pub mod parser;
+pub mod replay;
 pub mod rest;
 pub mod session;
 pub mod wire;
@@ -41,4 +42,12 @@ ds_api::inventory::submit! {
         crate_name: env!("CARGO_PKG_NAME"),
         build: listener::TradeListener::build,
     }
+}
+
+ds_api::inventory::submit! {
+    ds_api::ReplayPlugin { connector: "huobi_mbp", build: replay::build_mbp }
+}
+
+ds_api::inventory::submit! {
+    ds_api::ReplayPlugin { connector: "huobi_trades", build: replay::build_trades }
 }

@@ -118,9 +118,13 @@ impl Link {
     }
 
     /// An error answer. If it refuses one of our subscriptions, that topic is given up on
-    /// this connection (logged as an error: it is a config or listing problem) and true is
-    /// returned.
-    pub fn on_sub_error(&mut self, id: Option<u64>, code: &str, message: &str) -> bool {
+    /// this connection and true is returned. The refusal is logged as an error (a config or
+    /// listing problem) and also counted as `invalid` and stored as an `invalid_frame` whose
+    /// reason names the topic and whose raw text is the exchange's answer: a book that never
+    /// gets data must be visible in the counters and the store, not only in a log (Bybit's
+    /// connector does the same). An error that is not a refusal of ours returns false and
+    /// the caller accounts for the frame (a `control` frame).
+    pub fn on_sub_error(&mut self, id: Option<u64>, code: &str, message: &str, raw: &[u8], recv_ns: i64) -> bool {
         let Some(i) = self
             .subs
             .iter()
@@ -129,7 +133,9 @@ impl Link {
             return false;
         };
         self.subs[i] = SubState::Refused;
-        error!(feed = %self.feed, topic = %self.topics[i], code, message, "Huobi refused the subscription; this topic gets no data");
+        let topic = &self.topics[i];
+        error!(feed = %self.feed, %topic, code, message, "Huobi refused the subscription; this topic gets no data");
+        self.invalid(format!("subscription refused for {topic}: {code}: {message}"), raw, recv_ns);
         true
     }
 
@@ -180,5 +186,31 @@ impl Link {
             raw,
             self.stats.reserve_invalid(recv_ns, 1),
         )));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ds_api::buffer::packet_channel;
+    use ds_api::SinkStats;
+
+    #[test]
+    fn a_refused_sub_is_counted_invalid_and_stored_with_the_exchange_answer() {
+        let (tx, mut rx) = packet_channel("t", 16, Arc::new(SinkStats::default()));
+        let stats = Arc::new(FeedStats::default());
+        let topics = vec!["market.btcusdt.trade.detail".to_string(), "market.nope.trade.detail".to_string()];
+        let mut link = Link::new(Arc::from("f"), topics, Duration::from_secs(10), tx, stats.clone());
+        link.subs[1] = SubState::Sent { id: 7, at: Instant::now() };
+        let answer = br#"{"status":"error","ts":1,"id":7,"err-code":"bad-request","err-msg":"invalid topic market.nope.trade.detail"}"#;
+        assert!(!link.on_sub_error(Some(8), "bad-request", "x", answer, 1), "not an answer to one of our subs");
+        assert_eq!(stats.invalid.get(), 0);
+        assert!(link.on_sub_error(Some(7), "bad-request", "invalid topic market.nope.trade.detail", answer, 1));
+        assert_eq!((stats.invalid.get(), stats.control.get()), (1, 0));
+        assert_eq!(link.subs[1], SubState::Refused);
+        assert_eq!(link.overdue(), None, "a refused sub is not waited for");
+        let Ok(DataPacket::Invalid(f)) = rx.try_recv() else { panic!("an invalid_frame packet") };
+        assert!(f.reason.contains("market.nope.trade.detail") && f.reason.contains("bad-request"), "{}", f.reason);
+        assert_eq!(f.raw.as_bytes(), answer);
     }
 }

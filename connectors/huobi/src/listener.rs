@@ -99,6 +99,18 @@ pub async fn resolve_symbols(
     Some(out)
 }
 
+/// The connection number (`feed#n` in logs, `conn` in captures) of group `n`'s `/feed`
+/// connection; with periodic snapshots its `/ws` connection is the next number. Numbers, not
+/// names, because a capture record carries the number and [`crate::replay`] must find the
+/// session a record came from.
+pub fn mbp_conn(n: usize, periodic: bool) -> usize {
+    if periodic {
+        2 * n
+    } else {
+        n
+    }
+}
+
 fn session_config(ping_timeout_ms: u64) -> SessionConfig {
     // The tick drives req pacing and the ack/req timeouts; liveness is "no frame for
     // ping_timeout", and Huobi's 5-second pings are frames.
@@ -143,14 +155,7 @@ impl Listener for MbpListener {
         else {
             return Ok(());
         };
-        let cfg = MbpSessionConfig {
-            levels: o.levels,
-            req_interval: Duration::from_millis(o.req_interval_ms),
-            req_timeout: Duration::from_secs(o.req_timeout_secs),
-            ack_timeout: Duration::from_secs(o.ack_timeout_secs),
-            max_held: o.max_held_updates,
-            max_frame_bytes: o.max_frame_bytes,
-        };
+        let cfg = MbpSessionConfig::from_options(o);
         let periodic = match o.periodic_snapshots {
             PeriodicSnapshots::None => None,
             PeriodicSnapshots::DepthStep0 => Some(Channel::DepthStep0),
@@ -168,7 +173,7 @@ impl Listener for MbpListener {
             );
             spawn(
                 &mut tasks,
-                format!("{}#feed{n}", ctx.feed),
+                format!("{}#{}", ctx.feed, mbp_conn(n, periodic.is_some())),
                 session,
                 session_config(o.ping_timeout_ms),
                 &ctx,
@@ -186,7 +191,7 @@ impl Listener for MbpListener {
                 );
                 spawn(
                     &mut tasks,
-                    format!("{}#ws{n}", ctx.feed),
+                    format!("{}#{}", ctx.feed, mbp_conn(n, true) + 1),
                     session,
                     session_config(o.ping_timeout_ms),
                     &ctx,
@@ -222,7 +227,7 @@ impl Listener for TradeListener {
             );
             spawn(
                 &mut tasks,
-                format!("{}#ws{n}", ctx.feed),
+                format!("{}#{n}", ctx.feed),
                 session,
                 session_config(o.ping_timeout_ms),
                 &ctx,

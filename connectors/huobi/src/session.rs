@@ -32,6 +32,7 @@ use crate::book_sync::{MbpSnapshot, MbpSync, MbpUpdate, SyncOutcome};
 use crate::gzip::Gunzip;
 use crate::link::Link;
 use crate::parser::{Channel, HuobiFrame, HuobiParser, Tick, Topic};
+use crate::replay::ReplayFrame;
 
 /// How often the session looks at its timers (req pacing, req and ack timeouts). A quarter
 /// of Huobi's 100 ms req spacing keeps the pacing tight for the price of a few wake-ups.
@@ -121,6 +122,19 @@ pub struct MbpSessionConfig {
     pub max_frame_bytes: usize,
 }
 
+impl MbpSessionConfig {
+    pub fn from_options(o: &crate::options::MbpOptions) -> Self {
+        MbpSessionConfig {
+            levels: o.levels,
+            req_interval: Duration::from_millis(o.req_interval_ms),
+            req_timeout: Duration::from_secs(o.req_timeout_secs),
+            ack_timeout: Duration::from_secs(o.ack_timeout_secs),
+            max_held: o.max_held_updates,
+            max_frame_bytes: o.max_frame_bytes,
+        }
+    }
+}
+
 /// The state [`MbpSession::on_frame`] works on, apart from the inflater (whose output it
 /// borrows while this is updated).
 struct MbpBooks {
@@ -132,6 +146,9 @@ struct MbpBooks {
     acked_at: Vec<Option<Instant>>,
     reqs: ReqPacer,
     packets: Vec<DataPacket>,
+    /// `data-storage replay`: no request is sent, so a `req` reply is matched to its book by
+    /// topic (the live run's request ids are not in the capture).
+    replay: bool,
 }
 
 pub struct MbpSession {
@@ -182,9 +199,34 @@ impl MbpSession {
                 books,
                 by_symbol,
                 packets: Vec::new(),
+                replay: false,
             },
         }
     }
+
+    /// The same session fed from a capture by [`crate::replay`]: it sends nothing, and
+    /// matches each `req` reply to its book by topic.
+    pub fn for_replay(mut self) -> Self {
+        self.state.replay = true;
+        self
+    }
+
+    /// One recorded frame: gzip as received live, or (plain JSONL files) the inflated text.
+    pub fn replay_frame(&mut self, frame: ReplayFrame<'_>, recv_ns: i64) {
+        let mut outbox = Vec::new();
+        match frame {
+            ReplayFrame::Gzip(wire) => {
+                self.on_frame(WsMessage::binary(wire.to_vec()), recv_ns, &mut outbox);
+            }
+            ReplayFrame::Text(text) => {
+                self.state.on_text(text.as_bytes(), recv_ns, &mut outbox);
+                self.state.flush_packets();
+            }
+        }
+    }
+}
+
+impl MbpSession {
 
     /// The largest buffer the inflater ever held (tests: it never passes the cap).
     pub fn gunzip_peak_capacity(&self) -> usize {
@@ -205,12 +247,14 @@ impl MbpBooks {
                 }
             }
             Ok(HuobiFrame::Error { id, code, message }) => {
-                stats.control.inc();
                 if let Some((book, _)) = id.and_then(|id| self.reqs.in_flight.remove(&id)) {
                     // `429 too many request` and the like: ask again after the pacing interval.
+                    stats.control.inc();
                     warn!(feed = %self.link.feed(), symbol = %self.books[book].instrument().symbol, %code, %message, "req refused; asking again");
                     self.reqs.want(book);
-                } else if !self.link.on_sub_error(id, &code, &message) {
+                } else if !self.link.on_sub_error(id, &code, &message, text, recv_ns) {
+                    // A refused `sub` is counted (and stored) as invalid by the link.
+                    stats.control.inc();
                     warn!(feed = %self.link.feed(), ?id, %code, %message, "error from Huobi");
                 }
             }
@@ -251,7 +295,12 @@ impl MbpBooks {
                 ts,
                 data: Tick::Mbp(t),
             }) if topic.channel == self.channel => {
-                let Some((i, _)) = id.and_then(|id| self.reqs.in_flight.remove(&id)) else {
+                let book = if self.replay {
+                    self.link.topics().iter().position(|t| t == topic.raw)
+                } else {
+                    id.and_then(|id| self.reqs.in_flight.remove(&id)).map(|(i, _)| i)
+                };
+                let Some(i) = book else {
                     // An answer to a request that timed out and was asked again: the newer one counts.
                     stats.superseded.inc();
                     return Flow::Continue;
@@ -295,6 +344,9 @@ impl MbpBooks {
 
     /// Sends the next `req` if one is due.
     fn send_due_req(&mut self, outbox: &mut Vec<WsMessage>) {
+        if self.replay {
+            return;
+        }
         let now = Instant::now();
         if let Some(book) = self.reqs.due(now) {
             let id = self.link.next_id();
@@ -370,6 +422,10 @@ impl SessionHandler for MbpSession {
     }
 
     fn on_disconnect(&mut self, why: &Disconnect) {
+        self.on_disconnect_at(why, ds_api::clock::now_ns());
+    }
+
+    fn on_disconnect_at(&mut self, why: &Disconnect, at_ns: i64) {
         let s = &mut self.state;
         s.reqs.reset();
         s.acked_at.iter_mut().for_each(|a| *a = None);
@@ -380,7 +436,7 @@ impl SessionHandler for MbpSession {
         };
         let stats = s.link.stats.clone();
         for b in &mut s.books {
-            b.on_disconnect(reason, &mut s.packets, &stats);
+            b.on_disconnect(reason, at_ns, &mut s.packets, &stats);
         }
         s.flush_packets();
     }

@@ -9,6 +9,7 @@
 //! - [`buffer`]: the seed's `Buffer` (batching, back-pressure policy)
 //! - [`line_protocol`]: the storage format and schema
 //! - [`ws`], [`http`], [`backoff`]: what every connector needs to talk to an exchange
+//! - [`rollover`]: when a session replaces a live connection make-before-break
 //! - [`clock`]: unique timestamps per series ([`clock::SeriesClock`]), so replays reproduce them
 //! - [`capture`], [`replay`]: raw frame capture files and the connectors' replay hook
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod line_protocol;
 pub mod packet;
 pub mod plugin;
 pub mod replay;
+pub mod rollover;
 pub mod shutdown;
 pub mod spool;
 pub mod stats;

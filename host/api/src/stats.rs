@@ -161,6 +161,9 @@ pub struct FeedStats {
     pub resyncs: Counter,
     /// Connection attempts after the first.
     pub reconnects: Counter,
+    /// Connections replaced make-before-break (Binance's 24 h limit, `serverShutdown`):
+    /// handovers to a replacement that was open before the old connection closed.
+    pub rollovers: Counter,
     /// Connections currently open.
     pub connections: Gauge,
     /// Websocket sessions running (each wants one open connection); 0 for REST-only feeds.

@@ -3,10 +3,21 @@
 //! resubscribe. Each connection runs in its own task, so one slow or dead connection never
 //! stalls another.
 //!
+//! A connection whose end is known in advance (Binance: 24 h, `serverShutdown`) is replaced
+//! make-before-break instead: a *rollover* (see [`crate::rollover`] for when,
+//! [`SessionHandler::on_replacement_open`] for the handler's part). The replacement is connected
+//! and subscribed by this same task while the old connection keeps reading, frames of both go
+//! to the one handler in arrival order, and the old connection is closed (with a close
+//! handshake, read until the server's reply so nothing it sent goes uncounted) once the handler
+//! says [`Flow::Handover`] or [`SessionConfig::max_overlap`] has passed. One task, one
+//! handler: the handler's state is never shared, and no lock is needed.
+//!
 //! A connector supplies a [`SessionHandler`]: the URL, what to send on open, what to do with a
 //! frame, and what to do with events it started itself (REST snapshots) which arrive on the
 //! session's own channel so that the handler's state is only ever touched by this one task.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::clock::now_ns;
+use crate::rollover::RolloverSchedule;
 use crate::shutdown::Shutdown;
 use crate::stats::FeedStats;
 
@@ -35,6 +47,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
 /// A connection that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// Longest overlap of a rollover: a book that stays quiet never shows that the replacement
+/// carries it, and two connections per session must not last.
+pub const DEFAULT_MAX_OVERLAP: Duration = Duration::from_secs(10);
+/// At a handover the old connection is closed with a close handshake and read until the
+/// server's reply, so the frames it had already sent are received and accounted for; a server
+/// that does not reply within this is cut off.
+const OLD_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -43,6 +62,13 @@ pub struct SessionConfig {
     /// Client heartbeat (Bybit's `{"op":"ping"}`); `None` when the server drives pings.
     pub heartbeat_every: Option<Duration>,
     pub backoff: Backoff,
+    /// Replace a connection make-before-break once it is this old (Binance closes every
+    /// connection after 24 h); `None`: only when the handler asks ([`Flow::Rollover`]). See
+    /// [`crate::rollover`].
+    pub max_connection_age: Option<Duration>,
+    /// During a rollover, the old connection is closed after this long even if the handler
+    /// has not said [`Flow::Handover`] yet.
+    pub max_overlap: Duration,
 }
 
 impl Default for SessionConfig {
@@ -52,6 +78,8 @@ impl Default for SessionConfig {
             stale_after: DEFAULT_STALE_AFTER,
             heartbeat_every: None,
             backoff: Backoff::default(),
+            max_connection_age: None,
+            max_overlap: DEFAULT_MAX_OVERLAP,
         }
     }
 }
@@ -60,8 +88,15 @@ impl Default for SessionConfig {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,
-    /// Drop this connection and connect again (e.g. Binance `serverShutdown`).
+    /// Drop this connection and connect again.
     Reconnect(String),
+    /// Open a replacement connection and subscribe it while this one keeps reading, then
+    /// hand over (make-before-break; e.g. Binance `serverShutdown`). Ignored while a rollover
+    /// is already in progress.
+    Rollover(String),
+    /// During a rollover: the replacement now carries everything this connection carried, so
+    /// the old connection can be closed.
+    Handover,
 }
 
 /// The exchange-specific part of a websocket session.
@@ -92,6 +127,29 @@ pub trait SessionHandler: Send {
         Flow::Continue
     }
 
+    /// A replacement connection for a rollover is open: subscribe it (as [`Self::on_open`]
+    /// does) without resetting any book, since the current connection still reads. An error
+    /// closes the replacement; the current connection carries on. The default refuses: a
+    /// handler that does not override this never rolls over, it reconnects when its
+    /// connection ends.
+    async fn on_replacement_open(&mut self, _ws: &mut WsStream) -> Result<(), String> {
+        Err("this feed does not replace connections make-before-break".into())
+    }
+
+    /// A frame of the replacement connection, while the old one still reads (frames of both
+    /// arrive here and in [`Self::on_frame`] in arrival order); replies go to the replacement.
+    fn on_replacement_frame(&mut self, frame: Message, recv_ns: i64, outbox: &mut Vec<Message>) -> Flow {
+        self.on_frame(frame, recv_ns, outbox)
+    }
+
+    /// The replacement died before the handover; the old connection still reads. Whatever
+    /// the handler kept of the replacement's frames is of no use now.
+    fn on_replacement_lost(&mut self) {}
+
+    /// The old connection is closed; from now on the replacement is the connection and its
+    /// frames arrive in [`Self::on_frame`].
+    fn on_handover(&mut self) {}
+
     /// The connection ended; the handler marks gaps and plans its resync here.
     fn on_disconnect(&mut self, why: &Disconnect);
 
@@ -120,6 +178,76 @@ enum Ended {
     Lost(String),
 }
 
+/// A websocket handshake in flight (a rollover's replacement), polled by the read loop so the
+/// old connection keeps reading meanwhile.
+type Connecting = Pin<Box<dyn Future<Output = Result<WsStream, String>> + Send>>;
+
+fn connect(url: String, timeout: Duration) -> Connecting {
+    Box::pin(async move {
+        match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url.as_str())).await {
+            Ok(Ok((ws, _resp))) => Ok(ws),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("connect timed out".into()),
+        }
+    })
+}
+
+/// The replacement connection while both read.
+struct Overlap {
+    ws: Box<WsStream>,
+    /// The old connection is closed at this instant at the latest (then, while
+    /// `closing_old`, cut off).
+    until: Instant,
+    last_seen: Instant,
+    /// Our Close went out on the old connection; it is read until the server's reply.
+    closing_old: bool,
+}
+
+/// What one read of a connection gave.
+enum Read {
+    Frame(Message),
+    /// A protocol ping: tungstenite queued the pong, which must be flushed.
+    Ping,
+    Nothing,
+    Ended(String),
+}
+
+fn classify(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Read {
+    match msg {
+        None => Read::Ended("connection closed".into()),
+        Some(Err(e)) => Read::Ended(format!("read error: {e}")),
+        Some(Ok(Message::Close(frame))) => Read::Ended(match frame {
+            Some(f) => format!("server closed: {} {}", f.code, f.reason),
+            None => "server closed".into(),
+        }),
+        Some(Ok(Message::Ping(_))) => Read::Ping,
+        Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => Read::Nothing,
+        Some(Ok(m)) => Read::Frame(m),
+    }
+}
+
+/// The rollover's timers.
+#[derive(Clone, Copy)]
+enum Timer {
+    Rollover,
+    OverlapOver,
+    ReplacementSilent,
+}
+
+/// One turn of the read loop.
+enum Step {
+    Flow(Flow),
+    /// The current connection ended (closed, errored, stale).
+    OldEnded(String),
+    /// A replacement frame was handled; its replies are in the replacement's outbox.
+    NewFlow(Flow),
+    NewEnded(String),
+    /// The replacement's handshake finished (boxed: a stream is large, the other steps small).
+    Connected(Result<Box<WsStream>, String>),
+    StartRollover,
+    OverlapOver,
+}
+
 /// Runs one connection (and its reconnects) until shutdown.
 pub struct WsSession<H: SessionHandler> {
     name: String,
@@ -129,6 +257,7 @@ pub struct WsSession<H: SessionHandler> {
     stats: Arc<FeedStats>,
     /// The `n` of `feed#n`: which connection a capture record came from.
     conn: u32,
+    rollover: RolloverSchedule,
 }
 
 /// The channel a handler uses to send events (REST results) back into its own session: create
@@ -141,7 +270,8 @@ impl<H: SessionHandler> WsSession<H> {
     /// `name` identifies the connection in logs (`binance-spot#0`).
     pub fn new(name: String, handler: H, cfg: SessionConfig, events_rx: mpsc::Receiver<H::Event>, stats: Arc<FeedStats>) -> Self {
         let conn = crate::capture::conn_number(&name);
-        WsSession { name, handler, cfg, events_rx, stats, conn }
+        let rollover = RolloverSchedule::new(cfg.max_connection_age);
+        WsSession { name, handler, cfg, events_rx, stats, conn, rollover }
     }
 
     /// Connects, reads, reconnects, until `shutdown` fires. Returns the handler so the caller
@@ -184,7 +314,9 @@ impl<H: SessionHandler> WsSession<H> {
             info!(conn = %self.name, url = %redact(&url), "connected");
             self.stats.connections.inc();
             let opened = Instant::now();
+            self.rollover.opened(opened);
             let ended = self.read_loop(&mut ws, &mut shutdown).await;
+            self.rollover.closed();
             self.stats.connections.dec();
             match ended {
                 Ended::Shutdown => {
@@ -222,59 +354,258 @@ impl<H: SessionHandler> WsSession<H> {
         }
     }
 
+    /// Reads the connection until it ends. A rollover replaces `ws` in place: the
+    /// replacement is connected and subscribed while `ws` keeps reading, both are read in
+    /// arrival order, and at the handover the old one is closed and the replacement takes its
+    /// place. Events and heartbeats reply on the current (old) connection until then.
     async fn read_loop(&mut self, ws: &mut WsStream, shutdown: &mut Shutdown) -> Ended {
         let mut last_seen = Instant::now();
         let mut outbox: Vec<Message> = Vec::new();
+        let mut new_outbox: Vec<Message> = Vec::new();
         let heartbeat_every = self.cfg.heartbeat_every.unwrap_or(Duration::from_secs(3600));
         let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+        let mut connecting: Option<Connecting> = None;
+        let mut overlap: Option<Overlap> = None;
+        let stale_after = self.cfg.stale_after;
         loop {
-            let flow = tokio::select! {
+            // The rollover's timers share one sleep (the read loop runs per frame): the next
+            // rollover, the end of the overlap, the replacement going silent.
+            let timer = [
+                self.rollover.due_at().map(|at| (at, Timer::Rollover)),
+                overlap.as_ref().map(|o| (o.until, Timer::OverlapOver)),
+                overlap.as_ref().map(|o| (o.last_seen + stale_after, Timer::ReplacementSilent)),
+            ]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at);
+            let step = tokio::select! {
                 biased;
-                _ = shutdown.wait() => return Ended::Shutdown,
+                _ = shutdown.wait() => {
+                    self.drop_replacement(overlap.take()).await;
+                    return Ended::Shutdown;
+                }
                 msg = ws.next() => {
-                    let recv_ns = now_ns();
                     last_seen = Instant::now();
-                    match msg {
-                        None => return Ended::Lost("connection closed".into()),
-                        Some(Err(e)) => return Ended::Lost(format!("read error: {e}")),
-                        Some(Ok(Message::Close(frame))) => {
-                            return Ended::Lost(match frame {
-                                Some(f) => format!("server closed: {} {}", f.code, f.reason),
-                                None => "server closed".into(),
-                            })
-                        }
-                        // tungstenite queues the pong; flush now so it leaves at once.
-                        Some(Ok(Message::Ping(_))) => {
-                            if let Err(e) = ws.flush().await {
-                                return Ended::Lost(format!("pong failed: {e}"));
-                            }
-                            Flow::Continue
-                        }
-                        Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => Flow::Continue,
-                        Some(Ok(m)) => {
-                            self.stats.frames.inc();
-                            self.stats.last_message.set(recv_ns);
-                            if let Some(c) = self.stats.capture.get() {
-                                c.ws(self.conn, recv_ns, &m);
-                            }
-                            self.handler.on_frame(m, recv_ns, &mut outbox)
+                    match classify(msg) {
+                        Read::Ended(why) => Step::OldEnded(why),
+                        Read::Ping => match ws.flush().await {
+                            Ok(()) => Step::Flow(Flow::Continue),
+                            Err(e) => Step::OldEnded(format!("pong failed: {e}")),
+                        },
+                        Read::Nothing => Step::Flow(Flow::Continue),
+                        Read::Frame(m) => {
+                            let recv_ns = self.received(&m);
+                            Step::Flow(self.handler.on_frame(m, recv_ns, &mut outbox))
                         }
                     }
                 }
-                Some(ev) = self.events_rx.recv() => self.handler.on_event(ev, &mut outbox),
-                _ = heartbeat.tick(), if self.cfg.heartbeat_every.is_some() => self.handler.on_heartbeat(&mut outbox),
-                _ = tokio::time::sleep_until(last_seen + self.cfg.stale_after) => {
-                    return Ended::Lost(format!("no frame for {}s", self.cfg.stale_after.as_secs()));
+                msg = async { overlap.as_mut().map(|o| o.ws.next()).expect("guarded").await }, if overlap.is_some() => {
+                    let o = overlap.as_mut().expect("guarded");
+                    o.last_seen = Instant::now();
+                    match classify(msg) {
+                        Read::Ended(why) => Step::NewEnded(why),
+                        Read::Ping => match o.ws.flush().await {
+                            Ok(()) => Step::NewFlow(Flow::Continue),
+                            Err(e) => Step::NewEnded(format!("pong failed: {e}")),
+                        },
+                        Read::Nothing => Step::NewFlow(Flow::Continue),
+                        Read::Frame(m) => {
+                            let recv_ns = self.received(&m);
+                            Step::NewFlow(self.handler.on_replacement_frame(m, recv_ns, &mut new_outbox))
+                        }
+                    }
+                }
+                r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => Step::Connected(r.map(Box::new)),
+                Some(ev) = self.events_rx.recv() => Step::Flow(self.handler.on_event(ev, &mut outbox)),
+                _ = heartbeat.tick(), if self.cfg.heartbeat_every.is_some() => Step::Flow(self.handler.on_heartbeat(&mut outbox)),
+                _ = tokio::time::sleep_until(timer.map_or(last_seen, |(at, _)| at)), if timer.is_some() => {
+                    match timer.map(|(_, t)| t) {
+                        Some(Timer::Rollover) => Step::StartRollover,
+                        Some(Timer::OverlapOver) => Step::OverlapOver,
+                        Some(Timer::ReplacementSilent) => Step::NewEnded(format!("no frame for {}s", stale_after.as_secs())),
+                        None => Step::Flow(Flow::Continue),
+                    }
+                }
+                _ = tokio::time::sleep_until(last_seen + stale_after) => {
+                    Step::OldEnded(format!("no frame for {}s", stale_after.as_secs()))
                 }
             };
-            for m in outbox.drain(..) {
-                if let Err(e) = ws.send(m).await {
-                    return Ended::Lost(format!("send failed: {e}"));
+            let flow = match step {
+                Step::Flow(flow) => flow,
+                Step::NewFlow(flow) => {
+                    if let Some(o) = overlap.as_mut() {
+                        let mut failed = None;
+                        for m in new_outbox.drain(..) {
+                            if let Err(e) = o.ws.send(m).await {
+                                failed = Some(format!("send failed: {e}"));
+                                break;
+                            }
+                        }
+                        if let Some(why) = failed {
+                            self.replacement_lost(overlap.take(), why).await;
+                            continue;
+                        }
+                    }
+                    flow
+                }
+                Step::OldEnded(why) => {
+                    if overlap.is_none() {
+                        // No replacement yet (a handshake in flight is dropped): the plain
+                        // reconnect, with its gap markers and resync.
+                        self.drop_replacement(None).await;
+                        return Ended::Lost(why);
+                    }
+                    if overlap.as_ref().is_some_and(|o| o.closing_old) {
+                        info!(conn = %self.name, "old connection closed; the replacement carries on");
+                    } else {
+                        info!(conn = %self.name, "old connection ended during the rollover ({why}); the replacement carries on");
+                    }
+                    last_seen = self.hand_over(ws, overlap.take());
+                    Flow::Continue
+                }
+                Step::NewEnded(why) => {
+                    self.replacement_lost(overlap.take(), why).await;
+                    Flow::Continue
+                }
+                Step::Connected(Ok(mut new_ws)) => {
+                    connecting = None;
+                    match self.handler.on_replacement_open(&mut new_ws).await {
+                        Ok(()) => {
+                            self.stats.connections.inc();
+                            info!(conn = %self.name, "replacement connected; both connections read until the handover");
+                            let now = Instant::now();
+                            overlap = Some(Overlap { ws: new_ws, until: now + self.cfg.max_overlap, last_seen: now, closing_old: false });
+                        }
+                        Err(e) => {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), WebSocketStream::close(&mut *new_ws, None)).await;
+                            self.replacement_failed(format!("subscribing the replacement failed: {e}"));
+                        }
+                    }
+                    Flow::Continue
+                }
+                Step::Connected(Err(e)) => {
+                    connecting = None;
+                    self.replacement_failed(e);
+                    Flow::Continue
+                }
+                Step::StartRollover => {
+                    let why = self.rollover.start();
+                    info!(conn = %self.name, reason = %why, "rolling over: opening the replacement connection while this one keeps reading");
+                    connecting = Some(connect(self.handler.url(), self.cfg.connect_timeout));
+                    Flow::Continue
+                }
+                Step::OverlapOver => {
+                    if overlap.as_ref().is_some_and(|o| o.closing_old) {
+                        warn!(conn = %self.name, "the old connection did not answer our close; cut off");
+                        last_seen = self.hand_over(ws, overlap.take());
+                    } else {
+                        info!(conn = %self.name, overlap_s = self.cfg.max_overlap.as_secs_f64(), "rollover overlap over; closing the old connection");
+                        last_seen = self.close_old(ws, &mut overlap).await.unwrap_or(last_seen);
+                    }
+                    Flow::Continue
+                }
+            };
+            // Replies go to the old connection unless it is being closed.
+            match overlap.as_mut().filter(|o| o.closing_old) {
+                Some(o) => {
+                    let mut failed = None;
+                    for m in outbox.drain(..) {
+                        if let Err(e) = o.ws.send(m).await {
+                            failed = Some(format!("send failed: {e}"));
+                            break;
+                        }
+                    }
+                    if let Some(why) = failed {
+                        self.replacement_lost(overlap.take(), why).await;
+                        return Ended::Lost("the replacement failed while the old connection was closing".into());
+                    }
+                }
+                None => {
+                    for m in outbox.drain(..) {
+                        if let Err(e) = ws.send(m).await {
+                            self.drop_replacement(overlap.take()).await;
+                            return Ended::Lost(format!("send failed: {e}"));
+                        }
+                    }
                 }
             }
-            if let Flow::Reconnect(reason) = flow {
-                return Ended::Lost(reason);
+            match flow {
+                Flow::Continue => {}
+                Flow::Reconnect(reason) => {
+                    self.drop_replacement(overlap.take()).await;
+                    return Ended::Lost(reason);
+                }
+                Flow::Rollover(reason) => self.rollover.request(Instant::now(), reason),
+                Flow::Handover => {
+                    if overlap.as_ref().is_some_and(|o| !o.closing_old) {
+                        info!(conn = %self.name, "the replacement carries every stream; closing the old connection");
+                        last_seen = self.close_old(ws, &mut overlap).await.unwrap_or(last_seen);
+                    }
+                }
             }
+        }
+    }
+
+    /// Counts and captures a data frame received on either connection; its receive time.
+    fn received(&self, m: &Message) -> i64 {
+        let recv_ns = now_ns();
+        self.stats.frames.inc();
+        self.stats.last_message.set(recv_ns);
+        if let Some(c) = self.stats.capture.get() {
+            c.ws(self.conn, recv_ns, m);
+        }
+        recv_ns
+    }
+
+    /// Sends our Close on the old connection; it is read on (its frames still count) until
+    /// the server's reply ends it ([`Step::OldEnded`] hands over) or [`OLD_CLOSE_WAIT`] has
+    /// passed. If the Close cannot be sent, hands over at once: the replacement's last-seen
+    /// time then.
+    async fn close_old(&mut self, ws: &mut WsStream, overlap: &mut Option<Overlap>) -> Option<Instant> {
+        let o = overlap.as_mut()?;
+        o.closing_old = true;
+        o.until = Instant::now() + OLD_CLOSE_WAIT;
+        match tokio::time::timeout(OLD_CLOSE_WAIT, ws.close(None)).await {
+            Ok(Ok(())) => None,
+            _ => Some(self.hand_over(ws, overlap.take())),
+        }
+    }
+
+    /// The replacement becomes the connection; the old one, if still open, is closed in the
+    /// background (that must not hold up reading). Returns the replacement's last-seen time.
+    fn hand_over(&mut self, ws: &mut WsStream, overlap: Option<Overlap>) -> Instant {
+        let Some(o) = overlap else {
+            return Instant::now();
+        };
+        let mut old = std::mem::replace(ws, *o.ws);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), old.close(None)).await;
+        });
+        self.stats.connections.dec();
+        self.stats.rollovers.inc();
+        self.handler.on_handover();
+        self.rollover.handed_over(Instant::now());
+        o.last_seen
+    }
+
+    /// The replacement could not be opened; the old connection keeps reading and the rollover
+    /// is tried again after a delay (if the old one dies first, the plain reconnect follows).
+    fn replacement_failed(&mut self, why: String) {
+        let delay = self.rollover.failed(Instant::now(), why.clone());
+        warn!(conn = %self.name, retry_in_ms = delay.as_millis() as u64, "replacement connection failed: {why}; the current connection keeps reading");
+    }
+
+    /// The replacement died during the overlap: closed, the handler forgets it, retried later.
+    async fn replacement_lost(&mut self, overlap: Option<Overlap>, why: String) {
+        self.drop_replacement(overlap).await;
+        self.handler.on_replacement_lost();
+        self.replacement_failed(format!("replacement lost: {why}"));
+    }
+
+    async fn drop_replacement(&mut self, overlap: Option<Overlap>) {
+        if let Some(mut o) = overlap {
+            self.stats.connections.dec();
+            let _ = tokio::time::timeout(Duration::from_secs(2), WebSocketStream::close(&mut *o.ws, None)).await;
         }
     }
 }

@@ -27,7 +27,7 @@ use ds_tests::influx::{influx_url, quote_str, TestDb};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::binance::{reference_levels, stored_levels};
-use crate::support::{eventually, rebuild};
+use crate::support::{eventually, feeds_into, rebuild};
 
 /// The service with a config file and a reload button.
 struct Reloadable {
@@ -81,32 +81,12 @@ fn feed(name: &str, mock: &MockBinance, symbol: &str, extra: &str) -> String {
 }
 
 fn config(feeds: &[String], db: &TestDb) -> String {
-    config_into(feeds, db, &db.url, "")
+    feeds_into(&feeds.join("\n"), db, &db.url, "")
 }
 
 /// [`config`] with the sink at `url` (a broken InfluxDB, say) and extra sink keys.
 fn config_into(feeds: &[String], db: &TestDb, url: &str, extra_sink: &str) -> String {
-    format!(
-        r#"
-[service]
-log_dir = ""
-status_interval_secs = 1
-spool_dir = "{spill}/spool"
-
-{feeds}
-[[sink]]
-name = "influx"
-plugin = "influxdb"
-url = "{url}"
-database = "{db}"
-flush_interval_ms = 100
-quarantine_dir = "{spill}/quarantine"
-{extra_sink}
-"#,
-        spill = std::env::temp_dir().join(format!("ds-e2e-{}", db.name)).display(),
-        feeds = feeds.join("\n"),
-        db = db.name,
-    )
+    feeds_into(&feeds.join("\n"), db, url, extra_sink)
 }
 
 /// Every point stored for `symbol`, all measurements.

@@ -95,6 +95,21 @@ fn joined_capture(dir: &Path, feed: &str, into: &Path) -> usize {
 }
 
 /// Runs the `replay` command in-process (it has its own runtime, hence a blocking thread).
+/// Both databases hold the same points, measurement by measurement, and they are all the
+/// `live_points` the live run handed over.
+async fn assert_same_points(live: &TestDb, replayed: &TestDb, live_points: u64) {
+    let mut total = 0;
+    for m in MEASUREMENTS {
+        let (a, b) = (points(live, m).await, points(replayed, m).await);
+        assert_eq!(a.len(), b.len(), "{m}: as many points replayed as stored live");
+        if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
+            panic!("{m}: first differing point:\n live   {}\n replay {}", a[i], b[i]);
+        }
+        total += a.len();
+    }
+    assert_eq!(total as u64, live_points, "the comparison covered every live point");
+}
+
 async fn replay(config_path: &Path, args: ReplayArgs) -> std::process::ExitCode {
     let config_path = config_path.to_path_buf();
     tokio::task::spawn_blocking(move || data_storage::replay::replay(&config_path, &args)).await.unwrap()
@@ -152,16 +167,7 @@ async fn record_then_replay(lose_a_frame: bool) {
     let args = ReplayArgs { feed: "binance-replay".into(), input: input.clone(), sink: Some("influx".into()), stdout: false, snapshots: vec![] };
     assert_eq!(replay(&replay_config, args).await, std::process::ExitCode::SUCCESS);
 
-    let mut total = 0;
-    for m in MEASUREMENTS {
-        let (a, b) = (points(&live, m).await, points(&replayed, m).await);
-        assert_eq!(a.len(), b.len(), "{m}: as many points replayed as stored live");
-        if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
-            panic!("{m}: first differing point:\n live   {}\n replay {}", a[i], b[i]);
-        }
-        total += a.len();
-    }
-    assert_eq!(total as u64, feed.points.get(), "the comparison covered every live point");
+    assert_same_points(&live, &replayed, feed.points.get()).await;
     let gaps = if lose_a_frame { 4 } else { 3 };
     assert_eq!(points(&live, "book_gap").await.len(), gaps, "one shutdown marker per book (and the lost frame's gap)");
     if lose_a_frame {
@@ -254,16 +260,70 @@ async fn bybit_captures_replay_to_the_same_points() {
         let args = ReplayArgs { feed: feed.into(), input, sink: Some("influx".into()), stdout: false, snapshots: vec![] };
         assert_eq!(replay(&replay_config, args).await, std::process::ExitCode::SUCCESS, "{feed}");
     }
-    let mut total = 0;
-    for m in MEASUREMENTS {
-        let (a, b) = (points(&live, m).await, points(&replayed, m).await);
-        assert_eq!(a.len(), b.len(), "{m}: as many points replayed as stored live");
-        if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
-            panic!("{m}: first differing point:\n live   {}\n replay {}", a[i], b[i]);
-        }
-        total += a.len();
+    assert_same_points(&live, &replayed, live_points).await;
+    live.cleanup().await;
+    replayed.cleanup().await;
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// HTX: MBP books on two `/feed` connections (one closed mid-stream by the mock, so the
+/// capture holds a `close`, the gap markers and a fresh `req` snapshot) and trades on `/ws`,
+/// recorded and replayed feed by feed into a second database: the same points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huobi_captures_replay_to_the_same_points() {
+    use ds_tests::huobi::{ConnectionFault, HuobiCapture, MbpStreamConfig, MockHuobi, MockHuobiConfig};
+    let Some(url) = influx_url() else {
+        eprintln!("skipping: INFLUXDB_URL not set (run through scripts/test.sh)");
+        return;
+    };
+    let Some(cap) = HuobiCapture::load() else { return };
+    let books = ["trioeth", "yfihusd", "fil3susdt"];
+    let trade_symbols: Vec<&str> = cap.symbols.iter().map(String::as_str).collect();
+    let mock = MockHuobi::start(MockHuobiConfig {
+        books: crate::huobi::seeds(&cap, &books),
+        stream: MbpStreamConfig { levels: 150, updates: 600, interval: std::time::Duration::from_millis(3), req_lag: 5, max_seq_step: 5, ..MbpStreamConfig::default() },
+        replay: cap.pushes.iter().filter(|p| p.topic.ends_with("trade.detail")).cloned().collect(),
+        ping_interval: Duration::from_millis(300),
+        start_delay: Duration::from_millis(20),
+        // The first `/feed` connection is cut after 200 frames; the client reconnects.
+        connection_faults: [(0, ConnectionFault::CloseAfter(200))].into(),
+        ..MockHuobiConfig::default()
+    })
+    .await;
+    let (live, replayed) = (TestDb::create(&url).await, TestDb::create(&url).await);
+    let work = temp_dir("huobi");
+    let capture_dir = work.join("capture");
+    let capture = format!("capture_dir = \"{}\"", capture_dir.display());
+    let feeds = |extra: &str| {
+        crate::huobi::feed("htx-books", "huobi_mbp", &books, &mock, &format!("symbols_per_connection = 2\n{extra}"))
+            + &crate::huobi::feed("htx-trades", "huobi_trades", &trade_symbols, &mock, extra)
+    };
+    let svc = Service::start(&crate::support::feeds_to_influx(&feeds(&capture), &live));
+    assert!(mock.wait_stream_done(Duration::from_secs(60)).await, "the MBP streams ran to their end");
+    assert!(mock.wait_until(Duration::from_secs(60), |m| m.replayed() >= 44).await, "every recorded trade push replayed: {}", mock.replayed());
+    for b in books {
+        let truth = mock.book(b);
+        assert!(
+            crate::support::eventually(Duration::from_secs(30), || async { crate::support::rebuild_where(&live, &crate::huobi::series(b)).await.book == truth }).await,
+            "{b}: the live store rebuilds to the mock's book"
+        );
     }
-    assert_eq!(total as u64, live_points, "the comparison covered every live point");
+    let report = svc.stop().await;
+    let live_points: u64 = report.stats.feeds.iter().map(|(_, f)| f.points.get()).sum();
+    let books_feed = &report.stats.feeds.iter().find(|(n, _)| n == "htx-books").unwrap().1;
+    assert!(books_feed.reconnects.get() >= 1, "the cut connection reconnected");
+    assert!(live_points > 1_000, "the live run stored points: {live_points}");
+
+    let replay_config = work.join("replay.toml");
+    std::fs::write(&replay_config, crate::support::feeds_to_influx(&feeds(""), &replayed)).unwrap();
+    for feed in ["htx-books", "htx-trades"] {
+        let input = work.join(format!("{feed}.jsonl.gz"));
+        assert!(joined_capture(&capture_dir, feed, &input) >= 1, "{feed}: a capture file was written");
+        let args = ReplayArgs { feed: feed.into(), input, sink: Some("influx".into()), stdout: false, snapshots: vec![] };
+        assert_eq!(replay(&replay_config, args).await, std::process::ExitCode::SUCCESS, "{feed}");
+    }
+    assert!(points(&live, "book_gap").await.iter().any(|p| p.contains("disconnect")), "the cut connection's gap markers are among them");
+    assert_same_points(&live, &replayed, live_points).await;
     live.cleanup().await;
     replayed.cleanup().await;
     let _ = std::fs::remove_dir_all(&work);

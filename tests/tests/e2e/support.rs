@@ -76,6 +76,11 @@ quarantine_dir = "{spill}/quarantine"
 /// A config running the given `[[feed]]` tables (each with `sink = "influx"`) into InfluxDB
 /// database `db`, with the same service and sink settings as [`binance_to_influx`].
 pub fn feeds_to_influx(feeds: &str, db: &TestDb) -> String {
+    feeds_into(feeds, db, &db.url, "")
+}
+
+/// [`feeds_to_influx`] with the sink at `url` (a broken InfluxDB, say) and extra sink keys.
+pub fn feeds_into(feeds: &str, db: &TestDb, url: &str, extra_sink: &str) -> String {
     format!(
         r#"
 [service]
@@ -90,9 +95,9 @@ url = "{url}"
 database = "{db}"
 flush_interval_ms = 100
 quarantine_dir = "{spill}/quarantine"
+{extra_sink}
 "#,
         spill = std::env::temp_dir().join(format!("ds-e2e-{}", db.name)).display(),
-        url = db.url,
         db = db.name,
     )
 }
