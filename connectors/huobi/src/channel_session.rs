@@ -94,6 +94,13 @@ impl ChannelSession {
         }
     }
 
+    /// The same session fed from a capture by [`crate::replay`]: a refused `sub` is
+    /// recognised by the topic its message names.
+    pub fn for_replay(mut self) -> Self {
+        self.state.link.set_replay();
+        self
+    }
+
     /// One recorded frame, for [`crate::replay`]: gzip as received live, or (plain JSONL
     /// files) the inflated text. Nothing is sent back.
     pub fn replay_frame(&mut self, frame: ReplayFrame<'_>, recv_ns: i64) {

@@ -50,6 +50,9 @@ pub struct Link {
     next_id: u64,
     ack_timeout: Duration,
     invalid_log: RateLimit,
+    /// `data-storage replay`: no `sub` was sent, so a refusal is recognised by the topic its
+    /// message names (Huobi: `invalid topic market.x.trade.detail`).
+    replay: bool,
 }
 
 impl Link {
@@ -70,6 +73,7 @@ impl Link {
             next_id: 1,
             ack_timeout,
             invalid_log: RateLimit::default(),
+            replay: false,
         }
     }
 
@@ -124,12 +128,15 @@ impl Link {
     /// gets data must be visible in the counters and the store, not only in a log (Bybit's
     /// connector does the same). An error that is not a refusal of ours returns false and
     /// the caller accounts for the frame (a `control` frame).
+    /// See [`Link::replay`]'s field: replay recognises refusals by topic.
+    pub fn set_replay(&mut self) {
+        self.replay = true;
+    }
+
     pub fn on_sub_error(&mut self, id: Option<u64>, code: &str, message: &str, raw: &[u8], recv_ns: i64) -> bool {
-        let Some(i) = self
-            .subs
-            .iter()
-            .position(|s| matches!(s, SubState::Sent { id: sent, .. } if Some(*sent) == id))
-        else {
+        let sent = self.subs.iter().position(|s| matches!(s, SubState::Sent { id: sent, .. } if Some(*sent) == id));
+        let named = || self.replay.then(|| self.topics.iter().position(|t| message.split_whitespace().any(|w| w == t))).flatten();
+        let Some(i) = sent.or_else(named) else {
             return false;
         };
         self.subs[i] = SubState::Refused;

@@ -111,6 +111,7 @@ pub fn build_trades(spec: &FeedSpec) -> Result<Box<dyn Replayer>, Vec<ConfigErro
                 tx.clone(),
                 stats.clone(),
             )
+            .for_replay()
         })
         .collect();
     Ok(Box::new(HuobiReplayer { feed, sessions: Sessions::Trades(sessions), packets, sink_stats, stats }))
@@ -242,6 +243,20 @@ mod tests {
         assert_eq!(kinds, ["ST155247355@20", "MI155247358@22", "gap disconnect@40"]);
         let s = r.stats();
         assert_eq!((s.frames.get(), s.st.get(), s.mi.get(), s.control.get(), s.invalid.get()), (3, 1, 1, 1, 0));
+    }
+
+    /// A refused `sub` in a capture is stored as the live run stored it: an `invalid_frame`
+    /// naming the topic (the live run matched it by request id, replay by the topic named).
+    #[test]
+    fn a_refused_subscription_replays_as_invalid() {
+        let mut r = build_trades(&spec(&["btcusdt", "nope"], "")).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut out = Vec::new();
+        let refusal = r#"{"status":"error","ts":1,"id":2,"err-code":"bad-request","err-msg":"invalid topic market.nope.trade.detail"}"#;
+        r.feed(&record(0, RecordKind::Ws, Payload::Text(refusal.into()), None), 5, &mut out);
+        assert!(matches!(&out[..], [DataPacket::Invalid(f)] if f.reason.contains("market.nope.trade.detail")), "{out:?}");
+        let other = r#"{"status":"error","ts":1,"id":9,"err-code":"too-many-request","err-msg":"429 too many request"}"#;
+        r.feed(&record(0, RecordKind::Ws, Payload::Text(other.into()), None), 6, &mut out);
+        assert_eq!((r.stats().invalid.get(), r.stats().control.get()), (1, 1), "an error naming no topic stays a control frame");
     }
 
     #[test]

@@ -208,6 +208,7 @@ impl MbpSession {
     /// matches each `req` reply to its book by topic.
     pub fn for_replay(mut self) -> Self {
         self.state.replay = true;
+        self.state.link.set_replay();
         self
     }
 
