@@ -383,7 +383,7 @@ async fn read_line(
 
 /// Reads one request and whether to keep the connection open after it; `Ok(None)` when the
 /// peer closed the connection before sending one.
-async fn read_request(
+pub(crate) async fn read_request(
     stream: &mut BufReader<TcpStream>,
 ) -> std::io::Result<Option<(Request, bool)>> {
     let mut budget = MAX_HEAD_BYTES;
@@ -504,7 +504,7 @@ async fn read_chunked_body(stream: &mut BufReader<TcpStream>) -> std::io::Result
     }
 }
 
-async fn write_response(
+pub(crate) async fn write_response(
     stream: &mut TcpStream,
     response: &Response,
     keep_alive: bool,

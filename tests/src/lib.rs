@@ -22,6 +22,7 @@ pub mod http;
 pub mod huobi;
 pub mod influx;
 pub mod influxd;
+pub mod load;
 pub mod nats;
 
 /// Whether we run in CI (`CI=true`), where a missing fixture or service is a failure, not a skip.
