@@ -43,9 +43,17 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port on 127.0.0.1")
 }
 
+/// How long a node may take to answer `/healthz`, and the cluster to agree on a meta leader.
+/// Generous: on a 2-core machine shared with compilers, a node's start and the first raft
+/// election take seconds, not the milliseconds they take on an idle one.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
 impl NatsCluster {
-    /// Starts three nodes and waits until each answers `/healthz` (JetStream ready), at most
-    /// 30 s. `None` (skip) when nats-server is not installed and CI is not set.
+    /// Starts three nodes and waits until each answers `/healthz` and all three name the same
+    /// JetStream meta leader (before that, creating a stream fails or times out). A node that
+    /// exits at start (its port, picked free a moment before, was taken meanwhile by another
+    /// process's connection) makes the whole cluster start again on new ports, three times at
+    /// most. `None` (skip) when nats-server is not installed and CI is not set.
     pub fn start() -> Option<NatsCluster> {
         let Some(bin) = server_binary() else {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -54,6 +62,20 @@ impl NatsCluster {
             eprintln!("skipping: nats-server not installed (apt-get install nats-server, or run through scripts/test.sh)");
             return None;
         };
+        for attempt in 1..=3 {
+            let mut cluster = NatsCluster::spawn(&bin);
+            match cluster.wait_ready() {
+                Ok(()) => return Some(cluster),
+                Err(e) => {
+                    eprintln!("nats cluster start, attempt {attempt} of 3: {e}");
+                    cluster.dump_logs();
+                }
+            }
+        }
+        panic!("the 3-node nats cluster did not start (logs above)");
+    }
+
+    fn spawn(bin: &PathBuf) -> NatsCluster {
         let dir = TempDir::new("ds-nats");
         let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
         let routes: Vec<String> = ports.iter().map(|p| format!("nats://127.0.0.1:{}", p.1)).collect();
@@ -71,14 +93,34 @@ impl NatsCluster {
                 routes: others.join(","),
                 child: None,
             };
-            node.spawn(&bin);
+            node.spawn(bin);
             nodes.push(node);
         }
-        let cluster = NatsCluster { nodes, _dir: dir };
-        for n in &cluster.nodes {
-            assert!(n.wait_healthy(Duration::from_secs(30)), "nats node {} did not become healthy", n.name);
+        NatsCluster { nodes, _dir: dir }
+    }
+
+    /// Every running node healthy and agreeing on one meta leader, within [`READY_WITHIN`].
+    pub fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_WITHIN;
+        for n in self.nodes.iter_mut().filter(|n| n.child.is_some()) {
+            n.wait_healthy(deadline)?;
         }
-        Some(cluster)
+        loop {
+            let leaders: Vec<Option<String>> =
+                self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.meta_leader()).collect();
+            if leaders[0].is_some() && leaders.iter().all(|l| l == &leaders[0]) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no agreed JetStream meta leader within {READY_WITHIN:?}: {leaders:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The index of the node called `name` (`n0`, `n1`, `n2`), as JetStream names leaders.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
     }
 
     /// Every node's client URL, comma-separated (what the `url` option takes).
@@ -86,16 +128,28 @@ impl NatsCluster {
         self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
     }
 
+    /// Prints every node's log (stderr of nats-server) to stderr: evidence when a test fails.
+    pub fn dump_logs(&self) {
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(n.store.with_extension("log")).unwrap_or_default();
+            eprintln!("----- nats node {} log -----\n{log}", n.name);
+        }
+    }
+
     /// Kills node `i` (SIGKILL: no clean shutdown, as a crashed machine).
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
     }
 
-    /// Starts node `i` again on its ports and store; it rejoins and catches up.
+    /// Starts node `i` again on its ports and store; it rejoins and catches up. Waits until
+    /// the cluster agrees on a meta leader again.
     pub fn restart(&mut self, i: usize) {
         let bin = server_binary().expect("nats-server");
         self.nodes[i].spawn(&bin);
-        assert!(self.nodes[i].wait_healthy(Duration::from_secs(30)), "nats node {} did not come back", self.nodes[i].name);
+        if let Err(e) = self.wait_ready() {
+            self.dump_logs();
+            panic!("nats node {} did not come back: {e}", self.nodes[i].name);
+        }
     }
 }
 
@@ -125,16 +179,31 @@ impl NatsNode {
         }
     }
 
-    /// `GET /healthz` on the monitoring port answers 200 once the server (and JetStream) is up.
-    fn wait_healthy(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if http_status(self.monitor_port, "/healthz") == Some(200) {
-                return true;
+    /// `GET /healthz` on the monitoring port answers 200 once the server (and JetStream) is
+    /// up. Fails at once if the process exited (e.g. its port was taken).
+    fn wait_healthy(&mut self, deadline: Instant) -> Result<(), String> {
+        loop {
+            if http_get(self.monitor_port, "/healthz").is_some_and(|(status, _)| status == 200) {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!("nats node {} exited at start ({status})", self.name));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("nats node {} not healthy within {READY_WITHIN:?}", self.name));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        false
+    }
+
+    /// The JetStream meta leader this node knows of (`/jsz`), if any.
+    fn meta_leader(&self) -> Option<String> {
+        let (status, body) = http_get(self.monitor_port, "/jsz")?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["meta_cluster"]["leader"].as_str().filter(|l| !l.is_empty()).map(str::to_owned)
     }
 }
 
@@ -144,16 +213,19 @@ impl Drop for NatsNode {
     }
 }
 
-/// The status code of a plain HTTP/1.0 GET on 127.0.0.1 (std only; no client needed).
-fn http_status(port: u16, path: &str) -> Option<u16> {
+/// Status code and body of a plain HTTP/1.0 GET on 127.0.0.1 (std only; no client needed).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
 }
 
 /// A directory removed on drop (the crate has no tempfile dependency outside dev).

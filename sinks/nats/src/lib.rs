@@ -14,12 +14,16 @@
 //! ```
 //!
 //! Subjects: `<prefix>.<exchange>.<market>.<measurement>.<symbol>` ([`subject`]). A batch
-//! counts as written only when JetStream acknowledged every message of it ([`sink`]);
-//! otherwise the host's spool keeps it.
+//! counts as written only when JetStream acknowledged every message of it ([`sink`]) and each
+//! acknowledgement names the configured stream and a sequence ([`ack`]); otherwise the host's
+//! spool keeps it. The stream is created (if asked) and verified before the first publish
+//! ([`stream`]).
 #![forbid(unsafe_code)]
 
+pub mod ack;
 pub mod config;
 pub mod sink;
+pub mod stream;
 pub mod subject;
 
 use ds_api::{ConfigError, Sink, SinkSpec};

@@ -1,6 +1,9 @@
 //! `NatsSink`: one batch = one message per series (see [`crate::subject`]), published to
 //! JetStream; `write` returns `Ok` only when JetStream acknowledged every one of them, i.e.
-//! the stream stored them (on a quorum of its replicas for a replicated stream).
+//! the stream stored them (on a quorum of its replicas for a replicated stream), and each
+//! acknowledgement names the configured stream and a sequence ([`crate::ack`]). Before the
+//! first publish the stream is created if asked and verified ([`crate::stream`]), so that
+//! several edges starting at once can all use `create_stream`.
 //!
 //! Everything else (no server, no stream capturing the subject, a missing acknowledgement
 //! within `timeout_secs`) is `DBError::Retryable`: the host's buffer keeps the batch in its
@@ -12,38 +15,48 @@
 //! keeps its timestamp, and InfluxDB stores a point written twice once.
 
 use std::future::IntoFuture;
-use std::time::Duration;
 
 use async_nats::jetstream;
 use async_trait::async_trait;
 use ds_api::{DBError, OnlineCheck, Sink};
 
 use crate::config::NatsConfig;
-use crate::subject;
+use crate::{ack, stream, subject};
 
 pub struct NatsSink {
     cfg: NatsConfig,
     /// Connected lazily at the first write (`build` must not connect); the client then
-    /// reconnects on its own, to any server of `url` and those the cluster announces.
+    /// reconnects on its own, to any server of `url` and those the cluster announced. Kept
+    /// even when verifying the stream failed, so the next attempt still knows those servers
+    /// (a fresh client would know only `url`, which may be the node that just died).
     js: Option<jetstream::Context>,
+    /// Set once the stream was created if asked and verified ([`crate::stream`]); cleared when
+    /// a publish finds no stream, so the next batch checks (and creates) it again.
+    verified: Option<stream::Verified>,
 }
 
 impl NatsSink {
     pub fn new(cfg: NatsConfig) -> Self {
-        NatsSink { cfg, js: None }
+        NatsSink { cfg, js: None, verified: None }
     }
 
     async fn context(&mut self) -> Result<jetstream::Context, String> {
-        if let Some(js) = &self.js {
-            return Ok(js.clone());
+        let js = match &self.js {
+            Some(js) => js.clone(),
+            None => {
+                let js = connect(&self.cfg).await?;
+                self.js = Some(js.clone());
+                js
+            }
+        };
+        if self.verified.is_none() {
+            let v = stream::ensure(&js, &self.cfg).await?;
+            tracing::info!(
+                sink = %self.cfg.name, url = %self.cfg.url, stream = %self.cfg.stream,
+                replicas = v.replicas, created = %v.created, "connected to NATS, stream verified"
+            );
+            self.verified = Some(v);
         }
-        let js = connect(&self.cfg).await?;
-        if let Some(c) = &self.cfg.create_stream {
-            let wanted = stream_config(&self.cfg, c);
-            js.get_or_create_stream(wanted).await.map_err(|e| format!("creating stream {:?}: {e}", self.cfg.stream))?;
-        }
-        tracing::info!(sink = %self.cfg.name, url = %self.cfg.url, stream = %self.cfg.stream, "connected to NATS");
-        self.js = Some(js.clone());
         Ok(js)
     }
 
@@ -61,17 +74,23 @@ impl NatsSink {
                 .publish_with_headers(m.subject, headers, m.lines.into())
                 .await
                 .map_err(|e| format!("publishing to {subject}: {e}"))?;
+            let stream = self.cfg.stream.as_str();
             acks.push(async move {
-                let a = ack.into_future().await.map_err(|e| format!("no acknowledgement for {subject}: {e}"))?;
-                if a.duplicate {
-                    // expected after a resend; logged so an unexpected one can be traced
-                    tracing::debug!(%subject, seq = a.sequence, "JetStream already held this message (resend)");
-                }
-                Ok::<_, String>(())
+                let a = ack.into_future().await.map_err(|e| {
+                    let stream_missing = e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound;
+                    (format!("no acknowledgement for {subject}: {e}"), stream_missing)
+                })?;
+                ack::check(stream, &subject, &a).map_err(|e| (e, false))
             });
         }
         let n = acks.len();
-        futures::future::try_join_all(acks).await?;
+        if let Err((reason, stream_missing)) = futures::future::try_join_all(acks).await {
+            if stream_missing {
+                // deleted, or not made yet: verify (and create, if allowed) again next time
+                self.verified = None;
+            }
+            return Err(reason);
+        }
         Ok(n)
     }
 }
@@ -87,18 +106,6 @@ async fn connect(cfg: &NatsConfig) -> Result<jetstream::Context, String> {
     let mut js = jetstream::new(client);
     js.set_timeout(cfg.timeout);
     Ok(js)
-}
-
-fn stream_config(cfg: &NatsConfig, c: &crate::config::CreateStream) -> jetstream::stream::Config {
-    jetstream::stream::Config {
-        name: cfg.stream.clone(),
-        subjects: vec![format!("{}.>", cfg.subject_prefix)],
-        num_replicas: c.replicas,
-        max_bytes: c.max_bytes,
-        storage: jetstream::stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    }
 }
 
 /// A deterministic id per message: the same lines to the same subject give the same id, so
@@ -142,14 +149,10 @@ impl Sink for NatsSink {
         match js.get_stream(&self.cfg.stream).await {
             Ok(mut s) => match s.info().await {
                 Ok(info) => {
-                    let want = format!("{}.>", self.cfg.subject_prefix);
-                    let mut problems = Vec::new();
-                    if !info.config.subjects.iter().any(|s| s == &want || s == ">") {
-                        problems.push(format!(
-                            "stream {:?} captures {:?}, not {want:?}: publishes would not be stored",
-                            self.cfg.stream, info.config.subjects
-                        ));
-                    }
+                    let problems = stream::problems(&self.cfg, &info.config)
+                        .into_iter()
+                        .map(|p| format!("stream {:?}: {p}", self.cfg.stream))
+                        .collect();
                     OnlineCheck::Done {
                         checked: format!(
                             "{checked}: {} replica(s), {} message(s) stored",
