@@ -38,9 +38,9 @@ pub struct EventWire<'a> {
     pub final_update_id: Option<u64>,
     /// Bids: `[price, absolute quantity]`, quantity "0.00000000" removes the level. Parsed and
     /// validated straight into typed levels.
-    #[serde(rename = "b", default)]
+    #[serde(rename = "b", default, deserialize_with = "ds_api::packet::levels_exact")]
     pub bids: Vec<Level>,
-    #[serde(rename = "a", default)]
+    #[serde(rename = "a", default, deserialize_with = "ds_api::packet::levels_exact")]
     pub asks: Vec<Level>,
 }
 
@@ -53,7 +53,9 @@ pub struct EventWire<'a> {
 pub struct DepthSnapshotWire {
     #[serde(rename = "lastUpdateId")]
     pub last_update_id: u64,
+    #[serde(deserialize_with = "ds_api::packet::levels_exact")]
     pub bids: Vec<Level>,
+    #[serde(deserialize_with = "ds_api::packet::levels_exact")]
     pub asks: Vec<Level>,
 }
 

@@ -45,7 +45,8 @@ enum Output {
     /// Written straight to the file: batches arrive as one large slice, a `BufWriter` would
     /// only add a copy.
     Plain(Counted),
-    Gzip(GzEncoder<Counted>),
+    /// Boxed: the zlib-rs encoder state is kilobytes, the plain file a few words.
+    Gzip(Box<GzEncoder<Counted>>),
 }
 
 struct OpenFile {
@@ -198,7 +199,7 @@ impl Rotator {
         }
         info!(path = %path.display(), "writing line protocol to a new file");
         let counted = Counted { file, bytes: 0 };
-        let out = if self.cfg.gzip { Output::Gzip(GzEncoder::new(counted, Compression::default())) } else { Output::Plain(counted) };
+        let out = if self.cfg.gzip { Output::Gzip(Box::new(GzEncoder::new(counted, Compression::default()))) } else { Output::Plain(counted) };
         Ok(OpenFile { path, out, hour, unsynced: false })
     }
 }

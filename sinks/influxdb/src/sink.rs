@@ -74,7 +74,7 @@ impl InfluxSink {
 #[async_trait]
 impl Sink for InfluxSink {
     async fn write(&mut self, lines: &[u8], _points: usize) -> Result<(), DBError> {
-        let all: Vec<&[u8]> = lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let all = split_lines(lines);
         let total = all.len();
         let mut work = vec![Piece { lines: all, depth: 0, round: 0 }];
         let mut quarantined = 0usize;
@@ -189,4 +189,33 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The non-empty lines of a batch. `memchr` finds the newlines with SIMD; the byte-at-a-time
+/// `split` it replaces was 6% of data-storage's CPU in a `ds-load` profile (5,000 lines of
+/// ~100 bytes per write).
+fn split_lines(text: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::with_capacity(text.len() / 64 + 1);
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', text).chain(std::iter::once(text.len())) {
+        if nl > start {
+            out.push(&text[start..nl]);
+        }
+        start = nl + 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_lines;
+
+    #[test]
+    fn split_lines_skips_empty_lines_and_keeps_a_last_unterminated_one() {
+        let want: Vec<&[u8]> = vec![b"a x=1 1", b"b x=2 2", b"c x=3 3"];
+        assert_eq!(split_lines(b"a x=1 1\nb x=2 2\n\nc x=3 3"), want);
+        assert_eq!(split_lines(b"\na x=1 1\nb x=2 2\nc x=3 3\n"), want);
+        assert!(split_lines(b"").is_empty());
+        assert!(split_lines(b"\n\n").is_empty());
+    }
 }

@@ -92,7 +92,14 @@ impl Writer {
 /// The request body: the lines, newline-terminated, gzip-compressed when asked. Compression
 /// level "fast": line protocol is repetitive (same series keys over and over), so even the
 /// fastest level shrinks it several times, at a fraction of the default level's CPU.
+///
+/// The lines go to the encoder in 64 KiB chunks, not one `write` per line and newline: each
+/// `write` call has a fixed cost in flate2 (with the miniz_oxide backend it zero-filled the
+/// encoder's whole 32 KiB output buffer every time, a quarter of data-storage's CPU in a
+/// `ds-load` profile at two calls per point). Chunks, rather than the whole body joined first,
+/// keep the temporary buffer small.
 pub fn body(lines: &[&[u8]], gzip: bool) -> Vec<u8> {
+    const CHUNK: usize = 64 * 1024;
     let len: usize = lines.iter().map(|l| l.len() + 1).sum();
     if !gzip {
         let mut out = Vec::with_capacity(len);
@@ -103,11 +110,17 @@ pub fn body(lines: &[&[u8]], gzip: bool) -> Vec<u8> {
         return out;
     }
     let mut enc = GzEncoder::new(Vec::with_capacity(len / 4 + 64), Compression::fast());
+    let mut chunk = Vec::with_capacity(CHUNK.min(len));
+    // Writing to a Vec cannot fail.
     for l in lines {
-        // Writing to a Vec cannot fail.
-        let _ = enc.write_all(l);
-        let _ = enc.write_all(b"\n");
+        if !chunk.is_empty() && chunk.len() + l.len() + 1 > CHUNK {
+            let _ = enc.write_all(&chunk);
+            chunk.clear();
+        }
+        chunk.extend_from_slice(l);
+        chunk.push(b'\n');
     }
+    let _ = enc.write_all(&chunk);
     enc.finish().unwrap_or_default()
 }
 
@@ -124,5 +137,16 @@ mod tests {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&z[..]).read_to_end(&mut out).unwrap();
         assert_eq!(out, b"m x=1 1\nm,t=a x=2 2\n");
+    }
+
+    #[test]
+    fn gzip_body_of_several_chunks_round_trips() {
+        let text: Vec<String> = (0..20_000).map(|i| format!("book_delta,exchange=binance,symbol=S{} price=1.{i},size=2 {i}", i % 7)).collect();
+        let lines: Vec<&[u8]> = text.iter().map(|l| l.as_bytes()).collect();
+        let plain = body(&lines, false);
+        assert_eq!(plain.len(), text.iter().map(|l| l.len() + 1).sum::<usize>());
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&body(&lines, true)[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, plain);
     }
 }

@@ -138,6 +138,20 @@ pub async fn rebuild(db: &TestDb, symbol: &str) -> Rebuilt {
 /// [`rebuild`] for the book selected by an InfluxQL condition on tags, e.g.
 /// `market = 'spot' AND symbol = 'BTCUSDT'` where one symbol trades in several markets.
 pub async fn rebuild_where(db: &TestDb, series: &str) -> Rebuilt {
+    // InfluxDB 1.x applies a write field by field: a query that runs while a batch is being
+    // applied can see a point's `price` before its `qty`. Such a read is retried (bounded), so
+    // a half-applied write is never taken for a stored point without a quantity.
+    for _ in 0..50 {
+        if let Some(r) = try_rebuild_where(db, series).await {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{series}: stored levels still lack price, qty or side after 5 s of retries");
+}
+
+/// One read of [`rebuild_where`]; `None` when a row lacks one of its fields.
+async fn try_rebuild_where(db: &TestDb, series: &str) -> Option<Rebuilt> {
     let last = db.query(&format!("SELECT last(snapshot_id) FROM book_snapshot WHERE {series}")).await;
     let row = last.first().unwrap_or_else(|| panic!("no snapshot stored for {series}"));
     let snapshot_id = row.u64("last").expect("snapshot_id");
@@ -150,17 +164,17 @@ pub async fn rebuild_where(db: &TestDb, series: &str) -> Rebuilt {
         .await;
     assert!(!levels.is_empty(), "snapshot {snapshot_id} of {series} has no levels");
     for r in &levels {
-        book.set(Side::parse(r.str("side").unwrap()).unwrap(), r.f64("price").unwrap(), r.f64("qty").unwrap());
+        book.set(Side::parse(r.str("side")?).unwrap(), r.f64("price")?, r.f64("qty")?);
     }
     let deltas = db.query(&format!("SELECT price, qty, side FROM book_delta WHERE ({series}) AND time > {snapshot_time}")).await;
     let mut last_time = snapshot_time;
     for r in &deltas {
-        book.set(Side::parse(r.str("side").unwrap()).unwrap(), r.f64("price").unwrap(), r.f64("qty").unwrap());
+        book.set(Side::parse(r.str("side")?).unwrap(), r.f64("price")?, r.f64("qty")?);
         last_time = r.i64("time").unwrap();
     }
     // The book is valid up to the last delta only if no gap marker lies in between.
     let gaps = db
         .query(&format!("SELECT reason FROM book_gap WHERE ({series}) AND time > {snapshot_time} AND time <= {last_time}"))
         .await;
-    Rebuilt { book, snapshot_id, snapshot_time, deltas_applied: deltas.len(), gaps_after_snapshot: gaps.len() }
+    Some(Rebuilt { book, snapshot_id, snapshot_time, deltas_applied: deltas.len(), gaps_after_snapshot: gaps.len() })
 }
