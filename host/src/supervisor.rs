@@ -79,7 +79,7 @@ impl Supervisor {
         for name in &config.disabled_feeds {
             info!(feed = %name, "feed disabled in config");
         }
-        self.publish(&HashMap::new());
+        self.publish();
         Ok(())
     }
 
@@ -95,19 +95,8 @@ impl Supervisor {
         if !restart_keys.is_empty() {
             warn!(keys = ?restart_keys, "reload: these [service] settings take effect at the next restart");
         }
-        if plan.is_empty() {
-            info!("reload: no feed or sink changed");
-            self.sink_stale = Duration::from_secs(new.service.health_stale_secs.max(1));
-            let stale: HashMap<String, Duration> = new.feeds.iter().map(|f| (f.name.clone(), f.health_stale)).collect();
-            self.publish(&stale);
-            return ReloadOutcome::Unchanged;
-        }
-        info!(
-            stop_feeds = ?plan.stop_feeds, stop_sinks = ?plan.stop_sinks, start_sinks = ?plan.start_sinks, start_feeds = ?plan.start_feeds,
-            "reload: applying"
-        );
         // Captures first: a directory that cannot be written rejects the reload before anything
-        // stopped.
+        // changed.
         let mut captures = match open_captures(new.feeds.iter().filter(|f| plan.start_feeds.contains(&f.name))) {
             Ok(c) => c,
             Err(StartFailed) => {
@@ -115,6 +104,22 @@ impl Supervisor {
                 return ReloadOutcome::Rejected(vec!["a capture directory cannot be opened (see the log)".into()]);
             }
         };
+        // Health thresholds apply at once, to the feeds that keep running too.
+        self.sink_stale = Duration::from_secs(new.service.health_stale_secs.max(1));
+        for f in &mut self.feeds {
+            if let Some(n) = new.feeds.iter().find(|n| n.name == f.name) {
+                f.meta.health_stale = n.health_stale;
+            }
+        }
+        if plan.is_empty() {
+            info!("reload: no feed or sink changed");
+            self.publish();
+            return ReloadOutcome::Unchanged;
+        }
+        info!(
+            stop_feeds = ?plan.stop_feeds, stop_sinks = ?plan.stop_sinks, start_sinks = ?plan.start_sinks, start_feeds = ?plan.start_feeds,
+            "reload: applying"
+        );
 
         let stopping: Vec<RunningFeed> = take_where(&mut self.feeds, |f| plan.stop_feeds.contains(&f.name));
         self.stop_feeds(stopping).await;
@@ -126,9 +131,7 @@ impl Supervisor {
             status::log_sink_totals(&name, &stats);
         }
 
-        let stale: HashMap<String, Duration> = new.feeds.iter().map(|f| (f.name.clone(), f.health_stale)).collect();
         let order: Vec<String> = new.feeds.iter().map(|f| f.name.clone()).collect();
-        self.sink_stale = Duration::from_secs(new.service.health_stale_secs.max(1));
         let mut failed_sinks = Vec::new();
         for entry in new.sinks.into_iter().filter(|s| plan.start_sinks.contains(&s.name)) {
             let name = entry.name.clone();
@@ -146,7 +149,7 @@ impl Supervisor {
         }
         // The config's order, for the status line and /metrics.
         self.feeds.sort_by_key(|f| order.iter().position(|n| *n == f.name));
-        self.publish(&stale);
+        self.publish();
         info!(feeds = self.feeds.len(), sinks = self.sinks.len(), "reload: done");
         ReloadOutcome::Applied(plan)
     }
@@ -238,19 +241,10 @@ impl Supervisor {
         }
     }
 
-    /// Makes the running set visible to the status line, `/metrics` and `/health`, with the
-    /// reloaded `health_stale_secs` of each feed in `stale`.
-    fn publish(&self, stale: &HashMap<String, Duration>) {
-        let mut feeds = Vec::new();
-        let mut feed_meta = Vec::new();
-        for f in &self.feeds {
-            feeds.push((f.name.clone(), f.stats.clone()));
-            let mut meta = f.meta.clone();
-            if let Some(d) = stale.get(&f.name) {
-                meta.health_stale = *d;
-            }
-            feed_meta.push(meta);
-        }
+    /// Makes the running set visible to the status line, `/metrics` and `/health`.
+    fn publish(&self) {
+        let feeds = self.feeds.iter().map(|f| (f.name.clone(), f.stats.clone())).collect();
+        let feed_meta = self.feeds.iter().map(|f| f.meta.clone()).collect();
         let sinks = self.sinks.iter().map(|s| (s.name.clone(), s.stats.clone())).collect();
         self.registry.replace(StatsRegistry { feeds, sinks, feed_meta, sink_stale: self.sink_stale, started_ns: self.started_ns });
     }

@@ -8,7 +8,7 @@
 //! Bybit syncs in-band (the snapshot is a websocket push), so a capture holds everything.
 
 use ds_api::capture::{CaptureRecord, Payload, RecordKind};
-use ds_api::{ConfigError, DataPacket, FeedSpec, FeedStats, GapReason, InvalidFrame, Replayer, Symbols};
+use ds_api::{ConfigError, DataPacket, FeedSpec, FeedStats, GapReason, InvalidFrame, Replayer};
 use std::sync::Arc;
 
 use crate::session::{Handled, OrderbookTopics, TopicFeed, TradeTopics};
@@ -22,18 +22,7 @@ pub struct TopicReplayer<F: TopicFeed> {
 }
 
 fn symbol_list(spec: &FeedSpec) -> Result<Vec<String>, Vec<ConfigError>> {
-    match &spec.symbols {
-        Symbols::List(l) => {
-            let mut out: Vec<String> = Vec::with_capacity(l.len());
-            for s in l.iter().map(|s| s.to_uppercase()) {
-                if !out.contains(&s) {
-                    out.push(s);
-                }
-            }
-            Ok(out)
-        }
-        Symbols::All => Err(vec![ConfigError::new(spec.scope(), "symbols", "replay needs the symbol list the live run used, not \"all\"")]),
-    }
+    ds_api::replay::listed_symbols(spec, |s| s.to_uppercase())
 }
 
 fn split<F: TopicFeed>(symbols: &[String], topic_of: impl Fn(&str) -> String, per_conn: usize, make: impl Fn(&[String]) -> F) -> Vec<F> {

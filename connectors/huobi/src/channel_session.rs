@@ -23,7 +23,6 @@ use tracing::warn;
 use crate::gzip::Gunzip;
 use crate::link::Link;
 use crate::parser::{Channel, HuobiFrame, HuobiParser, Tick, Topic};
-use crate::replay::ReplayFrame;
 
 /// The `market` tag of a channel's points.
 pub fn market_of(channel: Channel) -> &'static str {
@@ -99,21 +98,6 @@ impl ChannelSession {
     pub fn for_replay(mut self) -> Self {
         self.state.link.set_replay();
         self
-    }
-
-    /// One recorded frame, for [`crate::replay`]: gzip as received live, or (plain JSONL
-    /// files) the inflated text. Nothing is sent back.
-    pub fn replay_frame(&mut self, frame: ReplayFrame<'_>, recv_ns: i64) {
-        let mut outbox = Vec::new();
-        match frame {
-            ReplayFrame::Gzip(wire) => {
-                self.on_frame(WsMessage::binary(wire.to_vec()), recv_ns, &mut outbox);
-            }
-            ReplayFrame::Text(text) => {
-                self.state.on_text(text.as_bytes(), recv_ns, &mut outbox);
-                self.state.flush_packets();
-            }
-        }
     }
 }
 
@@ -288,4 +272,11 @@ impl SessionHandler for ChannelSession {
     /// Nothing to mark: trades and periodic snapshots do not chain, so a reconnect loses
     /// pushes (seen in the status line's reconnect count) but leaves nothing inconsistent.
     fn on_disconnect(&mut self, _why: &Disconnect) {}
+}
+
+impl crate::replay::InflatedText for ChannelSession {
+    fn on_inflated(&mut self, text: &[u8], recv_ns: i64) {
+        self.state.on_text(text, recv_ns, &mut Vec::new());
+        self.state.flush_packets();
+    }
 }

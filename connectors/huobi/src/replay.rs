@@ -13,7 +13,7 @@
 //! skipped and counted as control frames). They are stamped by the process-wide clock (they
 //! share the MBP feed's `book_snapshot` series, see `ds_api::line_protocol`), so a replay could
 //! not reproduce their timestamps and would add copies instead of overwriting.
-//! `symbols = "all"` was resolved at run time and cannot be reproduced: replay needs the list.
+//! `symbols = "all"` cannot be replayed (see `ds_api::replay::listed_symbols`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use ds_api::buffer::packet_channel;
 use ds_api::capture::{CaptureRecord, Payload, RecordKind};
 use ds_api::ws::Disconnect;
 use ds_api::ws::SessionHandler;
-use ds_api::{ConfigError, DataPacket, FeedSpec, FeedStats, InvalidFrame, Replayer, SinkStats, Symbols};
+use ds_api::{ConfigError, DataPacket, FeedSpec, FeedStats, InvalidFrame, Replayer, SinkStats};
 
 use crate::channel_session::ChannelSession;
 use crate::listener::mbp_conn;
@@ -38,6 +38,22 @@ pub enum ReplayFrame<'a> {
     Gzip(&'a [u8]),
     /// A plain JSONL file holds the inflated text.
     Text(&'a str),
+}
+
+/// A session's handling of one frame already inflated: what a plain JSONL file holds.
+pub trait InflatedText {
+    fn on_inflated(&mut self, text: &[u8], recv_ns: i64);
+}
+
+/// One recorded frame into a live session: gzip goes through its inflater as received live,
+/// text straight to its parser. Replies it would send (pongs, `req`s) are dropped.
+fn replay_frame<S: SessionHandler + InflatedText>(session: &mut S, frame: ReplayFrame<'_>, recv_ns: i64) {
+    match frame {
+        ReplayFrame::Gzip(wire) => {
+            session.on_frame(ds_api::ws::WsMessage::binary(wire.to_vec()), recv_ns, &mut Vec::new());
+        }
+        ReplayFrame::Text(text) => session.on_inflated(text.as_bytes(), recv_ns),
+    }
 }
 
 /// Packets a session emits while one record is handled; drained after each record. Room for a
@@ -59,18 +75,7 @@ pub struct HuobiReplayer {
 }
 
 fn symbol_list(spec: &FeedSpec) -> Result<Vec<String>, Vec<ConfigError>> {
-    match &spec.symbols {
-        Symbols::List(l) => {
-            let mut out: Vec<String> = Vec::with_capacity(l.len());
-            for s in l.iter().map(|s| options::topic_symbol(s)) {
-                if !out.contains(&s) {
-                    out.push(s);
-                }
-            }
-            Ok(out)
-        }
-        Symbols::All => Err(vec![ConfigError::new(spec.scope(), "symbols", "replay needs the symbol list the live run used, not \"all\"")]),
-    }
+    ds_api::replay::listed_symbols(spec, options::topic_symbol)
 }
 
 /// `huobi_mbp`.
@@ -150,7 +155,7 @@ impl Replayer for HuobiReplayer {
                         if snapshot_conn {
                             self.stats.control.inc();
                         } else if let Some(s) = sessions.get_mut(group) {
-                            s.replay_frame(frame, at_ns);
+                            replay_frame(s, frame, at_ns);
                         } else {
                             let planned = sessions.len();
                             let raw = describe(&record.data);
@@ -158,7 +163,7 @@ impl Replayer for HuobiReplayer {
                         }
                     }
                     Sessions::Trades(sessions) => match sessions.get_mut(n) {
-                        Some(s) => s.replay_frame(frame, at_ns),
+                        Some(s) => replay_frame(s, frame, at_ns),
                         None => {
                             let planned = sessions.len();
                             let raw = describe(&record.data);
@@ -205,6 +210,7 @@ fn describe(data: &Payload) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ds_api::Symbols;
 
     fn spec(symbols: &[&str], extra: &str) -> FeedSpec {
         let options: toml::Table = extra.parse().unwrap();

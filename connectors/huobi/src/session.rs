@@ -32,7 +32,6 @@ use crate::book_sync::{MbpSnapshot, MbpSync, MbpUpdate, SyncOutcome};
 use crate::gzip::Gunzip;
 use crate::link::Link;
 use crate::parser::{Channel, HuobiFrame, HuobiParser, Tick, Topic};
-use crate::replay::ReplayFrame;
 
 /// How often the session looks at its timers (req pacing, req and ack timeouts). A quarter
 /// of Huobi's 100 ms req spacing keeps the pacing tight for the price of a few wake-ups.
@@ -210,20 +209,6 @@ impl MbpSession {
         self.state.replay = true;
         self.state.link.set_replay();
         self
-    }
-
-    /// One recorded frame: gzip as received live, or (plain JSONL files) the inflated text.
-    pub fn replay_frame(&mut self, frame: ReplayFrame<'_>, recv_ns: i64) {
-        let mut outbox = Vec::new();
-        match frame {
-            ReplayFrame::Gzip(wire) => {
-                self.on_frame(WsMessage::binary(wire.to_vec()), recv_ns, &mut outbox);
-            }
-            ReplayFrame::Text(text) => {
-                self.state.on_text(text.as_bytes(), recv_ns, &mut outbox);
-                self.state.flush_packets();
-            }
-        }
     }
 }
 
@@ -440,6 +425,13 @@ impl SessionHandler for MbpSession {
             b.on_disconnect(reason, at_ns, &mut s.packets, &stats);
         }
         s.flush_packets();
+    }
+}
+
+impl crate::replay::InflatedText for MbpSession {
+    fn on_inflated(&mut self, text: &[u8], recv_ns: i64) {
+        self.state.on_text(text, recv_ns, &mut Vec::new());
+        self.state.flush_packets();
     }
 }
 

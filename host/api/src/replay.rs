@@ -7,7 +7,7 @@
 
 use crate::capture::CaptureRecord;
 use crate::error::ConfigError;
-use crate::{DataPacket, FeedSpec};
+use crate::{DataPacket, FeedSpec, Symbols};
 
 /// Builds a feed's replayer from its configuration (the same options `build` validates).
 pub type ReplayBuild = fn(&FeedSpec) -> Result<Box<dyn Replayer>, Vec<ConfigError>>;
@@ -31,4 +31,22 @@ pub trait Replayer: Send {
 
     /// Counters of what was seen (frames, invalid, gaps ...).
     fn stats(&self) -> &crate::FeedStats;
+}
+
+/// The symbols the live run listed, each as `normalize` spells it, duplicates removed, in
+/// order: a replayer splits them over connections exactly as the live listener did.
+/// `symbols = "all"` was resolved at run time and cannot be reproduced, so it is refused.
+pub fn listed_symbols(spec: &FeedSpec, normalize: impl Fn(&str) -> String) -> Result<Vec<String>, Vec<ConfigError>> {
+    match &spec.symbols {
+        Symbols::List(l) => {
+            let mut out: Vec<String> = Vec::with_capacity(l.len());
+            for s in l.iter().map(|s| normalize(s)) {
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        }
+        Symbols::All => Err(vec![ConfigError::new(spec.scope(), "symbols", "replay needs the symbol list the live run used, not \"all\"")]),
+    }
 }

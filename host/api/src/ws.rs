@@ -434,14 +434,7 @@ impl<H: SessionHandler> WsSession<H> {
                 Step::Flow(flow) => flow,
                 Step::NewFlow(flow) => {
                     if let Some(o) = overlap.as_mut() {
-                        let mut failed = None;
-                        for m in new_outbox.drain(..) {
-                            if let Err(e) = o.ws.send(m).await {
-                                failed = Some(format!("send failed: {e}"));
-                                break;
-                            }
-                        }
-                        if let Some(why) = failed {
+                        if let Err(why) = send_all(&mut o.ws, &mut new_outbox).await {
                             self.replacement_lost(overlap.take(), why).await;
                             continue;
                         }
@@ -508,24 +501,15 @@ impl<H: SessionHandler> WsSession<H> {
             // Replies go to the old connection unless it is being closed.
             match overlap.as_mut().filter(|o| o.closing_old) {
                 Some(o) => {
-                    let mut failed = None;
-                    for m in outbox.drain(..) {
-                        if let Err(e) = o.ws.send(m).await {
-                            failed = Some(format!("send failed: {e}"));
-                            break;
-                        }
-                    }
-                    if let Some(why) = failed {
+                    if let Err(why) = send_all(&mut o.ws, &mut outbox).await {
                         self.replacement_lost(overlap.take(), why).await;
                         return Ended::Lost("the replacement failed while the old connection was closing".into());
                     }
                 }
                 None => {
-                    for m in outbox.drain(..) {
-                        if let Err(e) = ws.send(m).await {
-                            self.drop_replacement(overlap.take()).await;
-                            return Ended::Lost(format!("send failed: {e}"));
-                        }
+                    if let Err(why) = send_all(ws, &mut outbox).await {
+                        self.drop_replacement(overlap.take()).await;
+                        return Ended::Lost(why);
                     }
                 }
             }
@@ -634,3 +618,13 @@ pub fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// Sends a handler's replies in order; the first failure stops (the rest would go to a broken
+/// connection) and says why.
+async fn send_all(ws: &mut WsStream, outbox: &mut Vec<Message>) -> Result<(), String> {
+    for m in outbox.drain(..) {
+        ws.send(m).await.map_err(|e| format!("send failed: {e}"))?;
+    }
+    Ok(())
+}
+
