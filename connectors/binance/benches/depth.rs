@@ -9,12 +9,13 @@
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 
 use connector_binance::book_sync::{BookSync, HeldUpdate};
 use connector_binance::parser::{parse_snapshot, DepthFrame, DepthParser, DepthSnapshot};
+use ds_api::bench::paired;
 use ds_api::line_protocol::LineProtocol;
 use ds_api::traits::Parser;
 use ds_api::{FeedStats, Instrument};
@@ -45,19 +46,26 @@ fn load() -> Capture {
     Capture { frames, snapshots, levels }
 }
 
-/// The service path: one pass over the capture with freshly synced books.
-fn service_path(c: &Capture, out: &mut Vec<u8>) -> usize {
+/// The three books of the capture, synced to their REST snapshots: each pass starts from a
+/// copy, so that it measures the per-frame path (the snapshot is applied once per sync, not
+/// per frame; its encoding is in the `snapshot` line of the summary).
+fn synced_books(c: &Capture) -> Vec<(String, BookSync)> {
     let stats = FeedStats::default();
-    let mut books: Vec<(String, BookSync)> = c
-        .snapshots
+    c.snapshots
         .iter()
         .map(|(s, snapshot)| {
             let mut b = BookSync::new(Instrument { exchange: "binance", market: "spot", symbol: Arc::from(s.as_str()) }, 100_000);
-            let mut packets = Vec::new();
-            b.on_snapshot(snapshot.clone(), &mut packets, &stats);
+            b.on_snapshot(snapshot.clone(), &mut Vec::new(), &stats);
             (s.clone(), b)
         })
-        .collect();
+        .collect()
+}
+
+/// The service path: one pass over the capture, frame by frame: parse, sequence check,
+/// line protocol.
+fn service_path(c: &Capture, synced: &[(String, BookSync)], out: &mut Vec<u8>) -> usize {
+    let stats = FeedStats::default();
+    let mut books = synced.to_vec();
     let mut packets = Vec::with_capacity(4);
     let mut points = 0;
     for f in &c.frames {
@@ -66,6 +74,22 @@ fn service_path(c: &Capture, out: &mut Vec<u8>) -> usize {
                 book.on_update(HeldUpdate::from_update(u, 1), &mut packets, &stats);
             }
         }
+        for p in packets.drain(..) {
+            points += LineProtocol::encode(&p, out);
+        }
+        out.clear();
+    }
+    points
+}
+
+/// A resync's cost: the three REST snapshots applied to fresh books and encoded.
+fn snapshot_path(c: &Capture, out: &mut Vec<u8>) -> usize {
+    let stats = FeedStats::default();
+    let mut points = 0;
+    let mut packets = Vec::new();
+    for (s, snapshot) in &c.snapshots {
+        let mut b = BookSync::new(Instrument { exchange: "binance", market: "spot", symbol: Arc::from(s.as_str()) }, 100_000);
+        b.on_snapshot(snapshot.clone(), &mut packets, &stats);
         for p in packets.drain(..) {
             points += LineProtocol::encode(&p, out);
         }
@@ -96,58 +120,76 @@ fn parse_only(c: &Capture) -> usize {
     n
 }
 
-fn floor(c: &Capture) -> usize {
-    c.frames.iter().filter(|f| serde_json::from_str::<serde::de::IgnoredAny>(f).is_ok()).count()
+/// Encoding alone: the packets of one pass, made once, encoded again and again.
+fn encode_only(packets: &[ds_api::DataPacket], out: &mut Vec<u8>) -> usize {
+    let mut points = 0;
+    for p in packets {
+        points += LineProtocol::encode(p, out);
+        out.clear();
+    }
+    points
 }
 
-fn median_secs(mut f: impl FnMut(), runs: usize) -> f64 {
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[runs / 2]
+fn floor(c: &Capture) -> usize {
+    c.frames.iter().filter(|f| serde_json::from_str::<serde::de::IgnoredAny>(f).is_ok()).count()
 }
 
 fn main() {
     let cap = load();
     let n = cap.frames.len() as u64;
+    let synced = synced_books(&cap);
+    let packets = {
+        let mut all = Vec::new();
+        let stats = FeedStats::default();
+        let mut books = synced.clone();
+        for f in &cap.frames {
+            if let Ok(DepthFrame::Update(u)) = DepthParser.parse(f.as_bytes()) {
+                if let Some((_, book)) = books.iter_mut().find(|(s, _)| s == u.symbol) {
+                    book.on_update(HeldUpdate::from_update(u, 1), &mut all, &stats);
+                }
+            }
+        }
+        all
+    };
     let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
     {
         let mut g = c.benchmark_group("binance_depth_frames");
         g.throughput(Throughput::Elements(n));
         g.bench_function("serde_ignored_any_floor", |b| b.iter(|| black_box(floor(&cap))));
         let mut out = Vec::with_capacity(1 << 16);
-        g.bench_function("parse_sync_encode", |b| b.iter(|| black_box(service_path(&cap, &mut out))));
+        g.bench_function("parse_sync_encode", |b| b.iter(|| black_box(service_path(&cap, &synced, &mut out))));
+        g.bench_function("parse_only", |b| b.iter(|| black_box(parse_only(&cap))));
+        g.bench_function("encode_only", |b| b.iter(|| black_box(encode_only(&packets, &mut out))));
         g.finish();
     }
     {
         let mut g = c.benchmark_group("binance_depth_levels");
         g.throughput(Throughput::Elements(cap.levels));
         let mut out = Vec::with_capacity(1 << 16);
-        g.bench_function("parse_sync_encode", |b| b.iter(|| black_box(service_path(&cap, &mut out))));
+        g.bench_function("parse_sync_encode", |b| b.iter(|| black_box(service_path(&cap, &synced, &mut out))));
         g.finish();
     }
     c.final_summary();
 
-    // One summary line with the ratio, medians of 31 passes each.
+    // The summary: floor and service path timed in alternation, 61 rounds, medians.
     let mut out = Vec::with_capacity(1 << 16);
-    let t_floor = median_secs(|| { black_box(floor(&cap)); }, 31);
-    let t_path = median_secs(|| { black_box(service_path(&cap, &mut out)); }, 31);
-    let t_parse = median_secs(|| { black_box(parse_only(&cap)); }, 31);
-    let t_wire = median_secs(|| { black_box(wire_only(&cap)); }, 31);
-    println!("binance depth: serde wire struct alone {:.0} frames/s (ratio to floor {:.2})", n as f64 / t_wire, t_floor / t_wire);
-    println!("binance depth: parse alone {:.0} frames/s (ratio to floor {:.2})", n as f64 / t_parse, t_floor / t_parse);
+    let pair = paired(61, || { black_box(floor(&cap)); }, || { black_box(service_path(&cap, &synced, &mut out)); });
+    let parse = paired(31, || { black_box(floor(&cap)); }, || { black_box(parse_only(&cap)); });
+    let wire = paired(31, || { black_box(floor(&cap)); }, || { black_box(wire_only(&cap)); });
+    let encode = paired(31, || { black_box(floor(&cap)); }, || { black_box(encode_only(&packets, &mut out)); });
+    let snapshot_levels = snapshot_path(&cap, &mut out) as f64;
+    let t_snapshot = ds_api::bench::median_secs(|| { black_box(snapshot_path(&cap, &mut out)); }, 31);
+    println!("binance depth: snapshot apply + encode {:.0} levels/s ({} levels)", snapshot_levels / t_snapshot, snapshot_levels);
+    println!("binance depth: encode alone {:.0} frames/s (ratio to floor {:.2})", n as f64 / encode.path_secs, encode.ratio);
+    println!("binance depth: serde wire struct alone {:.0} frames/s (ratio to floor {:.2})", n as f64 / wire.path_secs, wire.ratio);
+    println!("binance depth: parse alone {:.0} frames/s (ratio to floor {:.2})", n as f64 / parse.path_secs, parse.ratio);
     println!(
         "binance depth: {} frames, {} levels | floor {:.0} frames/s | service path {:.0} frames/s, {:.0} levels/s | ratio to floor {:.2}",
         n,
         cap.levels,
-        n as f64 / t_floor,
-        n as f64 / t_path,
-        cap.levels as f64 / t_path,
-        t_floor / t_path
+        n as f64 / pair.floor_secs,
+        n as f64 / pair.path_secs,
+        cap.levels as f64 / pair.path_secs,
+        pair.ratio
     );
 }

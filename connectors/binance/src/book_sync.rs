@@ -44,7 +44,7 @@ impl HeldUpdate {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum State {
     /// Waiting for a snapshot; events are held in order.
     AwaitingSnapshot { held: VecDeque<HeldUpdate> },
@@ -60,7 +60,7 @@ pub enum SyncOutcome {
     NeedSnapshot,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BookSync {
     instrument: Instrument,
     state: State,

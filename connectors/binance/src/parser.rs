@@ -1,6 +1,7 @@
 //! `DepthParser`: one websocket frame -> [`DepthFrame`]. Pure and per frame, so it is what the
 //! benchmark measures together with the sync step and the line-protocol encoding.
 
+use ds_api::scan::{Decline, Scan, Scanned, Seen};
 use ds_api::traits::Parser;
 use ds_api::{Level, ParseError};
 
@@ -38,6 +39,9 @@ impl Parser for DepthParser {
         // `{"stream":`, which is cheaper to test than to parse twice.
         // One UTF-8 check up front lets serde borrow strings without checking each again.
         let text = std::str::from_utf8(frame).map_err(|e| ParseError::Other(format!("frame is not UTF-8: {e}")))?;
+        if let Ok(update) = scan_frame(text) {
+            return Ok(DepthFrame::Update(update));
+        }
         let event: EventWire<'a> = if text.starts_with(r#"{"stream""#) {
             serde_json::from_str::<CombinedFrame<'a>>(text)?.data
         } else {
@@ -58,6 +62,82 @@ impl Parser for DepthParser {
             "serverShutdown" => Ok(DepthFrame::ServerShutdown),
             other => Err(ParseError::UnknownMessage(format!("event type {other:?}"))),
         }
+    }
+}
+
+/// The fast path ([`ds_api::scan`]): a `depthUpdate` exactly as Binance writes it, combined
+/// (`{"stream":..,"data":{..}}`) or raw, keys `e E s U u b a` each at most once, in any order.
+/// Anything else declines, and [`DepthParser::parse`] reads the frame with serde instead,
+/// which also gives the error for a bad one.
+fn scan_frame(text: &str) -> Scanned<DepthUpdate<'_>> {
+    let mut s = Scan::new(text);
+    let update = if s.peek_is(br#"{"stream""#) {
+        s.byte(b'{')?;
+        s.key()?;
+        s.str()?;
+        s.byte(b',')?;
+        if s.key()? != "data" {
+            return Err(Decline);
+        }
+        let update = scan_event(&mut s)?;
+        s.byte(b'}')?;
+        update
+    } else {
+        scan_event(&mut s)?
+    };
+    s.end()?;
+    Ok(update)
+}
+
+fn scan_event<'a>(s: &mut Scan<'a>) -> Scanned<DepthUpdate<'a>> {
+    let (mut event, mut symbol, mut first, mut last) = (None, None, None, None);
+    let mut u = DepthUpdate { symbol: "", event_time_ms: None, first_update_id: 0, final_update_id: 0, bids: Vec::new(), asks: Vec::new() };
+    let mut seen = Seen::default();
+    s.byte(b'{')?;
+    loop {
+        match s.key()? {
+            "e" => {
+                seen.mark(0)?;
+                event = Some(s.str()?);
+            }
+            "E" => {
+                seen.mark(1)?;
+                u.event_time_ms = Some(s.i64()?);
+            }
+            "s" => {
+                seen.mark(2)?;
+                symbol = Some(s.str()?);
+            }
+            "U" => {
+                seen.mark(3)?;
+                first = Some(s.u64()?);
+            }
+            "u" => {
+                seen.mark(4)?;
+                last = Some(s.u64()?);
+            }
+            "b" => {
+                seen.mark(5)?;
+                u.bids = s.levels_exact::<false>()?;
+            }
+            "a" => {
+                seen.mark(6)?;
+                u.asks = s.levels_exact::<false>()?;
+            }
+            _ => return Err(Decline),
+        }
+        if !s.more(b'}')? {
+            break;
+        }
+    }
+    match (event, symbol, first, last) {
+        (Some("depthUpdate"), Some(symbol), Some(first), Some(last)) => {
+            u.symbol = symbol;
+            u.first_update_id = first;
+            u.final_update_id = last;
+            Ok(u)
+        }
+        _ => Err(Decline),
     }
 }
 
@@ -112,6 +192,63 @@ mod tests {
                 (want, got) => panic!("case {i}: want {want:?}, got {got:?}"),
             }
         }
+    }
+
+    /// The serde reading of a frame, bypassing the fast path.
+    fn serde_path(text: &str) -> Result<DepthFrame<'_>, ParseError> {
+        let event: EventWire<'_> = if text.starts_with(r#"{"stream""#) { serde_json::from_str::<CombinedFrame<'_>>(text)?.data } else { serde_json::from_str(text)? };
+        match event.event {
+            "depthUpdate" => Ok(DepthFrame::Update(DepthUpdate {
+                symbol: event.symbol.ok_or(ParseError::Other("s".into()))?,
+                event_time_ms: event.event_time,
+                first_update_id: event.first_update_id.ok_or(ParseError::Other("U".into()))?,
+                final_update_id: event.final_update_id.ok_or(ParseError::Other("u".into()))?,
+                bids: event.bids,
+                asks: event.asks,
+            })),
+            _ => Err(ParseError::Other("not an update".into())),
+        }
+    }
+
+    /// The fast path takes every recorded frame, and wherever it takes a frame (recorded or
+    /// corrupted) it reads exactly what serde reads; where serde refuses, it declines.
+    #[test]
+    fn fast_path_agrees_with_serde_on_recorded_and_corrupted_frames() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/binance");
+        let mut frames = Vec::new();
+        for name in ["depth_update_combined_2021-04-04.jsonl", "depth_update_combined_2021-10-11.jsonl"] {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("needs ../shared/fixtures ({}): {e}", dir.display()));
+            frames.extend(text.lines().filter(|l| l.contains("depthUpdate")).map(String::from));
+        }
+        assert!(frames.len() > 2000, "{} frames", frames.len());
+        for f in &frames {
+            let fast = scan_frame(f).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {f}"));
+            assert_eq!(Some(DepthFrame::Update(fast)), serde_path(f).ok(), "{f}");
+        }
+        // Corrupt: every cut, and each byte replaced by characters that matter to JSON.
+        let (mut taken, mut declined) = (0, 0);
+        for f in frames.iter().take(40) {
+            let mut variants: Vec<String> = (0..f.len()).filter(|&i| f.is_char_boundary(i)).map(|i| f[..i].to_string()).collect();
+            for (i, _) in f.char_indices() {
+                for c in ['"', ',', ']', '}', '0', '-', '.', 'e', ' ', '\\', 'x'] {
+                    let mut v = f.clone();
+                    v.replace_range(i..i + 1, &c.to_string());
+                    variants.push(v);
+                }
+            }
+            variants.push(f.replace(r#""E":"#, r#""s":"X","E":"#));
+            variants.push(format!("{f} x"));
+            for v in &variants {
+                match scan_frame(v) {
+                    Ok(fast) => {
+                        taken += 1;
+                        assert_eq!(Some(DepthFrame::Update(fast)), serde_path(v).ok(), "fast path read {v}");
+                    }
+                    Err(Decline) => declined += 1,
+                }
+            }
+        }
+        assert!(taken > 1000 && declined > 1000, "taken {taken}, declined {declined}");
     }
 
     #[test]

@@ -13,18 +13,37 @@ use crate::error::ParseError;
 /// A validated decimal number in the exchange's own text (no rounding, no re-formatting).
 ///
 /// Stored inline up to [`INLINE`] bytes (every price and size seen on the three exchanges), so
-/// a level costs no heap allocation; longer text goes to the heap.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// a level costs no heap allocation; longer text goes to the heap. 24 bytes, so a [`Level`]
+/// is 48: levels are most of what waits in the buffer channel.
+///
+/// [`Level`]: crate::Level
+#[derive(Clone)]
 pub struct Decimal(Repr);
 
 /// Longest text kept inline: Binance writes 8 decimals (`58001.03000000`, 14 bytes), Huobi's
-/// scientific forms stay under 20.
-pub const INLINE: usize = 30;
+/// scientific forms stay under 20 (`3.24127967841632E12`).
+pub const INLINE: usize = 22;
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// Inline bytes past `len` are unspecified (the fast path copies a fixed-size window of the
+/// frame), so equality and hashing look at the text only.
+#[derive(Clone)]
 enum Repr {
     Inline { len: u8, buf: [u8; INLINE] },
     Heap(Box<str>),
+}
+
+impl PartialEq for Decimal {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Decimal {}
+
+impl std::hash::Hash for Decimal {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_bytes().hash(h);
+    }
 }
 
 impl Decimal {
@@ -33,16 +52,54 @@ impl Decimal {
     /// line-protocol line.
     pub fn parse(text: &str) -> Result<Decimal, ParseError> {
         if is_decimal(text.as_bytes()) {
-            let bytes = text.as_bytes();
-            if bytes.len() <= INLINE {
-                let mut buf = [0u8; INLINE];
-                buf[..bytes.len()].copy_from_slice(bytes);
-                Ok(Decimal(Repr::Inline { len: bytes.len() as u8, buf }))
-            } else {
-                Ok(Decimal(Repr::Heap(text.into())))
-            }
+            Ok(Decimal::from_checked(text.as_bytes()))
         } else {
             Err(ParseError::InvalidNumber(text.chars().take(40).collect()))
+        }
+    }
+
+    /// Text already checked to be a decimal number (by [`crate::scan::Scan`], which validates
+    /// while it reads).
+    #[inline]
+    pub(crate) fn from_checked(bytes: &[u8]) -> Decimal {
+        debug_assert!(is_decimal(bytes), "{bytes:?}");
+        if bytes.len() <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Decimal(Repr::Inline { len: bytes.len() as u8, buf })
+        } else {
+            // Only ASCII digits, dots, signs and exponents pass the check.
+            Decimal(Repr::Heap(String::from_utf8_lossy(bytes).into()))
+        }
+    }
+
+    /// `frame[start..start + len]`, already checked to be a decimal number. When the frame has
+    /// [`INLINE`] bytes from `start`, they are copied as one fixed-size block (two vector moves,
+    /// no `memcpy` call, no zeroing): this runs for every price and size of every frame.
+    #[inline(always)]
+    pub(crate) fn from_checked_in(frame: &[u8], start: usize, len: usize) -> Decimal {
+        match frame.get(start..start + INLINE) {
+            Some(window) if len <= INLINE => {
+                let mut buf = [0u8; INLINE];
+                buf.copy_from_slice(window);
+                Decimal(Repr::Inline { len: len as u8, buf })
+            }
+            _ => Decimal::from_checked(&frame[start..start + len]),
+        }
+    }
+
+    /// `0`, a placeholder for a slot about to be written by [`Self::set_checked_in`].
+    pub(crate) const ZERO: Decimal = Decimal(Repr::Inline { len: 1, buf: [b'0'; INLINE] });
+
+    /// [`Self::from_checked_in`], written in place.
+    #[inline(always)]
+    pub(crate) fn set_checked_in(&mut self, frame: &[u8], start: usize, len: usize) {
+        match (&mut self.0, frame.get(start..start + INLINE)) {
+            (Repr::Inline { len: l, buf }, Some(window)) if len <= INLINE => {
+                buf.copy_from_slice(window);
+                *l = len as u8;
+            }
+            _ => *self = Decimal::from_checked(&frame[start..start + len]),
         }
     }
 
@@ -55,9 +112,34 @@ impl Decimal {
         }
     }
 
+    /// Appends the text to a line: an inline text as one fixed-size block of [`INLINE`] bytes
+    /// (a few vector moves, then the line is cut back to the text's length), which is cheaper
+    /// than a `memcpy` call of the exact length for every price and size.
+    #[inline(always)]
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            Repr::Inline { len, buf } => {
+                let end = out.len() + *len as usize;
+                out.extend_from_slice(buf);
+                out.truncate(end);
+            }
+            Repr::Heap(s) => out.extend_from_slice(s.as_bytes()),
+        }
+    }
+
+    /// The text's bytes, without the UTF-8 check of [`Self::as_str`]: what the line-protocol
+    /// encoder copies for every level.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => &buf[..*len as usize],
+            Repr::Heap(s) => s.as_bytes(),
+        }
+    }
+
     /// True when the value is zero (`"0"`, `"0.00000000"`, `0E-8`): a size of zero removes a level.
     pub fn is_zero(&self) -> bool {
-        let b = self.as_str().as_bytes();
+        let b = self.as_bytes();
         let mantissa_end = b.iter().position(|c| *c == b'e' || *c == b'E').unwrap_or(b.len());
         b[..mantissa_end].iter().all(|c| matches!(c, b'0' | b'.' | b'-' | b'+'))
     }
@@ -86,7 +168,7 @@ impl<'de> serde::Deserialize<'de> for Decimal {
     }
 }
 
-fn is_decimal(b: &[u8]) -> bool {
+pub(crate) fn is_decimal(b: &[u8]) -> bool {
     // Fast path, the common form: digits and at most one dot.
     let (mut digits, mut dots) = (0usize, 0usize);
     let mut plain = true;
@@ -159,6 +241,7 @@ mod tests {
     fn accepts_exchange_number_forms() {
         let long = "1234567890.12345678901234567890123";
         assert_eq!(Decimal::parse(long).unwrap().as_str(), long, "longer than INLINE goes to the heap");
+        assert_eq!(std::mem::size_of::<Decimal>(), 24);
         for ok in ["58001.03000000", "0.00000000", "9.121E-7", "5.4329174972728E12", "1", "-2.5", ".5", "1e+3"] {
             assert!(Decimal::parse(ok).is_ok(), "{ok} should parse");
         }
@@ -169,6 +252,19 @@ mod tests {
         for bad in ["", "NaN", "inf", "1,5", "1 5", "1e", "-", ".", "1.2.3", "0x10", "1\n2", "\"1\""] {
             assert!(Decimal::parse(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn equality_and_hash_ignore_the_bytes_past_the_text() {
+        use std::hash::{BuildHasher, RandomState};
+        let frame = b"12.5\"xxxxxxxxxxxxxxxxxxxxxxxxxxx";
+        let windowed = Decimal::from_checked_in(frame, 0, 4);
+        let plain = Decimal::parse("12.5").unwrap();
+        assert_eq!(windowed.as_str(), "12.5");
+        assert_eq!(windowed, plain);
+        let h = RandomState::new();
+        assert_eq!(h.hash_one(&windowed), h.hash_one(&plain));
+        assert_ne!(windowed, Decimal::parse("12.50").unwrap());
     }
 
     #[test]

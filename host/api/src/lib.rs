@@ -11,11 +11,13 @@
 //! - [`ws`], [`http`], [`backoff`]: what every connector needs to talk to an exchange
 //! - [`rollover`]: when a session replaces a live connection make-before-break
 //! - [`clock`]: unique timestamps per series ([`clock::SeriesClock`]), so replays reproduce them
+//! - [`scan`]: the strict fast path in front of serde for depth frames
 //! - [`capture`], [`replay`]: raw frame capture files and the connectors' replay hook
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod base64;
+pub mod bench;
 pub mod buffer;
 pub mod capture;
 pub mod clock;
@@ -27,6 +29,7 @@ pub mod line_protocol;
 pub mod packet;
 pub mod plugin;
 pub mod replay;
+pub mod scan;
 pub mod rollover;
 pub mod shutdown;
 pub mod spool;

@@ -45,63 +45,21 @@ impl LineProtocol {
     pub fn encode(packet: &DataPacket, out: &mut Vec<u8>) -> usize {
         match packet {
             DataPacket::MI(m) => {
-                // What every level of the packet shares is formatted once: the series (per
-                // side) and the id/time fields; each level adds price, qty and its timestamp.
-                let mut shared = Vec::with_capacity(96);
-                int_field(&mut shared, "first_id", m.first_update_id as i64);
-                int_field(&mut shared, "last_id", m.last_update_id as i64);
-                if let Some(p) = m.prev_update_id {
-                    int_field(&mut shared, "prev_id", p as i64);
-                }
-                if let Some(e) = m.event_time_ms {
-                    int_field(&mut shared, "event_ts", e);
-                }
-                let mut ts = m.recv_time_ns;
-                for (side, levels) in [(Side::Bid, &m.bids), (Side::Ask, &m.asks)] {
-                    if levels.is_empty() {
-                        continue;
-                    }
-                    let mut prefix = Vec::with_capacity(96);
-                    series(&mut prefix, "book_delta", &m.instrument, Some(side.as_str()));
-                    for level in levels.iter() {
-                        out.extend_from_slice(&prefix);
-                        level_fields(out, level);
-                        out.extend_from_slice(&shared);
-                        timestamp(out, ts);
-                        ts += 1;
-                    }
-                }
-                m.bids.len() + m.asks.len()
+                // What every level of the packet shares is formatted once (the id and time
+                // fields, the series per side); each level adds price, qty and its timestamp.
+                let shared = Shared::new(m.first_update_id, m.last_update_id, m.prev_update_id, m.event_time_ms);
+                levels(out, "book_delta", &m.instrument, &m.bids, &m.asks, shared.as_bytes(), m.recv_time_ns)
             }
             DataPacket::ST(s) => {
-                let mut ids = Vec::with_capacity(64);
-                int_field(&mut ids, "snapshot_id", s.cur_seq as i64);
-                if let Some(p) = s.prev_seq {
-                    int_field(&mut ids, "prev_id", p as i64);
-                }
-                if let Some(e) = s.timestamp {
-                    int_field(&mut ids, "event_ts", e);
-                }
-                let mut ts = s.recv_time_ns;
+                let ids = Shared::snapshot(s.cur_seq, s.prev_seq, s.timestamp);
                 if s.bids.is_empty() && s.asks.is_empty() {
                     series(out, "book_snapshot", &s.instrument, Some("empty"));
                     out.extend_from_slice(b" levels=0i");
-                    out.extend_from_slice(&ids);
-                    timestamp(out, ts);
+                    out.extend_from_slice(ids.as_bytes());
+                    timestamp(out, s.recv_time_ns);
                     return 1;
                 }
-                for (side, levels) in [(Side::Bid, &s.bids), (Side::Ask, &s.asks)] {
-                    let mut prefix = Vec::with_capacity(96);
-                    series(&mut prefix, "book_snapshot", &s.instrument, Some(side.as_str()));
-                    for level in levels.iter() {
-                        out.extend_from_slice(&prefix);
-                        level_fields(out, level);
-                        out.extend_from_slice(&ids);
-                        timestamp(out, ts);
-                        ts += 1;
-                    }
-                }
-                s.bids.len() + s.asks.len()
+                levels(out, "book_snapshot", &s.instrument, &s.bids, &s.asks, ids.as_bytes(), s.recv_time_ns)
             }
             DataPacket::Gap(g) => {
                 series(out, "book_gap", &g.instrument, None);
@@ -120,9 +78,9 @@ impl LineProtocol {
             DataPacket::Trade(t) => {
                 series(out, "trade", &t.instrument, Some(if t.taker_side == Side::Bid { "buy" } else { "sell" }));
                 out.extend_from_slice(b" price=");
-                out.extend_from_slice(t.price.as_str().as_bytes());
+                out.extend_from_slice(t.price.as_bytes());
                 out.extend_from_slice(b",qty=");
-                out.extend_from_slice(t.size.as_str().as_bytes());
+                out.extend_from_slice(t.size.as_bytes());
                 out.extend_from_slice(b",trade_id=");
                 string_value(out, &t.trade_id);
                 if let Some(e) = t.event_time_ms {
@@ -155,26 +113,234 @@ impl LineProtocol {
     }
 }
 
-fn series(out: &mut Vec<u8>, measurement: &str, inst: &Instrument, side: Option<&str>) {
-    out.extend_from_slice(measurement.as_bytes());
-    out.extend_from_slice(b",exchange=");
-    tag_value(out, inst.exchange);
-    out.extend_from_slice(b",market=");
-    tag_value(out, inst.market);
+fn series(out: &mut impl Put, measurement: &str, inst: &Instrument, side: Option<&str>) {
+    out.put(measurement.as_bytes());
+    out.put(b",exchange=");
+    escaped_tag(out, inst.exchange);
+    out.put(b",market=");
+    escaped_tag(out, inst.market);
     if let Some(side) = side {
-        out.extend_from_slice(b",side=");
-        tag_value(out, side);
+        out.put(b",side=");
+        escaped_tag(out, side);
     }
-    out.extend_from_slice(b",symbol=");
-    tag_value(out, &inst.symbol);
+    out.put(b",symbol=");
+    escaped_tag(out, &inst.symbol);
 }
 
-/// Writes ` price=<text>,qty=<text>`; the text was validated by `Decimal::parse`.
-fn level_fields(out: &mut Vec<u8>, level: &Level) {
-    out.extend_from_slice(b" price=");
-    out.extend_from_slice(level.price.as_str().as_bytes());
-    out.extend_from_slice(b",qty=");
-    out.extend_from_slice(level.size.as_str().as_bytes());
+/// Where line parts go: the output itself, or a [`Block`] that is copied once per level.
+trait Put {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Put for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl<const N: usize> Put for Block<N> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.push(bytes);
+    }
+}
+
+/// One point per level, bids then asks, timestamps `ts`, `ts + 1`, ...:
+/// `<measurement>,<tags>,side=<side> price=<p>,qty=<q><shared> <ts>\n`.
+///
+/// The hot loop of the whole service (every stored level passes here), so it formats nothing
+/// per level. A line is five copies: the head (series and ` price=`, once per side), the
+/// price, `,qty=`, the size, and the tail (the shared fields and the timestamp, whose digits
+/// are counted up in place). Each is copied as a fixed-size [`Block`], which the compiler
+/// turns into a few vector moves instead of a `memcpy` call per part.
+fn levels(out: &mut Vec<u8>, measurement: &str, inst: &Instrument, bids: &[Level], asks: &[Level], shared: &[u8], ts: i64) -> usize {
+    let mut tail = Tail::new(shared, ts);
+    for (side, levels) in [(Side::Bid, bids), (Side::Ask, asks)] {
+        if levels.is_empty() {
+            continue;
+        }
+        let mut head = Block::<128>::default();
+        series(&mut head, measurement, inst, Some(side.as_str()));
+        head.push(b" price=");
+        // About the exact size: one reservation per side instead of growth per line.
+        out.reserve(levels.len() * (head.len() + tail.block.len() + 2 * INLINE_TEXT + 8));
+        for level in levels {
+            head.append_to(out);
+            level.price.append_to(out);
+            out.extend_from_slice(b",qty=");
+            level.size.append_to(out);
+            tail.block.append_to(out);
+            tail.advance();
+        }
+    }
+    bids.len() + asks.len()
+}
+
+/// The longest price or size text copied as a fixed block ([`crate::decimal::INLINE`]).
+const INLINE_TEXT: usize = crate::decimal::INLINE;
+
+/// Up to `N` bytes of a line part kept in a fixed-size array, so that appending them is one
+/// fixed-size copy (the whole array, then the line cut back to the part's length). A part
+/// that does not fit (a very long symbol) spills to the heap and is copied as it is.
+struct Block<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+    spill: Vec<u8>,
+}
+
+impl<const N: usize> Default for Block<N> {
+    fn default() -> Self {
+        Block { buf: [0; N], len: 0, spill: Vec::new() }
+    }
+}
+
+impl<const N: usize> Block<N> {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.spill.is_empty() && self.len + bytes.len() <= N {
+            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        } else {
+            if self.spill.is_empty() {
+                self.spill.extend_from_slice(&self.buf[..self.len]);
+            }
+            self.spill.extend_from_slice(bytes);
+        }
+        self.len += bytes.len();
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.len = len;
+        if !self.spill.is_empty() {
+            self.spill.truncate(len);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        if self.spill.is_empty() {
+            &mut self.buf[..self.len]
+        } else {
+            &mut self.spill
+        }
+    }
+
+    #[inline(always)]
+    fn append_to(&self, out: &mut Vec<u8>) {
+        if self.spill.is_empty() {
+            let end = out.len() + self.len;
+            out.extend_from_slice(&self.buf);
+            out.truncate(end);
+        } else {
+            out.extend_from_slice(&self.spill);
+        }
+    }
+}
+
+/// The end of every line of a packet: the shared integer fields, then ` <ns>\n`, where `ns`
+/// goes up by one per line. The digits are formatted once and then counted up in place.
+struct Tail {
+    block: Block<192>,
+    /// Length of the shared fields; the timestamp starts after them.
+    shared: usize,
+    ns: i64,
+}
+
+impl Tail {
+    fn new(shared: &[u8], ns: i64) -> Self {
+        let mut t = Tail { block: Block::default(), shared: shared.len(), ns };
+        t.block.push(shared);
+        t.format();
+        t
+    }
+
+    fn format(&mut self) {
+        self.block.truncate(self.shared);
+        self.block.push(b" ");
+        self.block.push(itoa::Buffer::new().format(self.ns).as_bytes());
+        self.block.push(b"\n");
+    }
+
+    /// `ns + 1`: the last digit goes up, nines roll over; a carry past the first digit (or a
+    /// negative time, never seen) formats afresh.
+    #[inline]
+    fn advance(&mut self) {
+        self.ns += 1;
+        if self.ns <= 0 {
+            self.format();
+            return;
+        }
+        let first_digit = self.shared + 1;
+        let bytes = self.block.bytes_mut();
+        // The last digit sits before the newline.
+        let mut i = bytes.len() - 2;
+        loop {
+            match bytes[i] {
+                b'9' if i > first_digit => {
+                    bytes[i] = b'0';
+                    i -= 1;
+                }
+                b'0'..=b'8' => {
+                    bytes[i] += 1;
+                    return;
+                }
+                _ => break,
+            }
+        }
+        self.format();
+    }
+
+    #[cfg(test)]
+    fn line_end(&self) -> &[u8] {
+        let bytes = if self.block.spill.is_empty() { &self.block.buf[..self.block.len] } else { &self.block.spill[..] };
+        &bytes[self.shared..]
+    }
+}
+
+/// The integer fields every level of a packet shares, formatted once on the stack.
+struct Shared {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl Shared {
+    fn new(first: u64, last: u64, prev: Option<u64>, event_ms: Option<i64>) -> Self {
+        let mut s = Shared { buf: [0; 128], len: 0 };
+        s.int("first_id", first as i64);
+        s.int("last_id", last as i64);
+        if let Some(p) = prev {
+            s.int("prev_id", p as i64);
+        }
+        if let Some(e) = event_ms {
+            s.int("event_ts", e);
+        }
+        s
+    }
+
+    fn snapshot(id: u64, prev: Option<u64>, event_ms: Option<i64>) -> Self {
+        let mut s = Shared { buf: [0; 128], len: 0 };
+        s.int("snapshot_id", id as i64);
+        if let Some(p) = prev {
+            s.int("prev_id", p as i64);
+        }
+        if let Some(e) = event_ms {
+            s.int("event_ts", e);
+        }
+        s
+    }
+
+    /// `,<key>=<v>i`; at most 4 fields of at most 12 + 20 + 2 bytes fit in 128.
+    fn int(&mut self, key: &str, v: i64) {
+        let mut itoa = itoa::Buffer::new();
+        for part in [b",", key.as_bytes(), b"=", itoa.format(v).as_bytes(), b"i"] {
+            self.buf[self.len..self.len + part.len()].copy_from_slice(part);
+            self.len += part.len();
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 fn int_field(out: &mut Vec<u8>, key: &str, v: i64) {
@@ -194,19 +360,20 @@ fn timestamp(out: &mut Vec<u8>, ns: i64) {
 /// Tag keys and values (and measurement names): escape comma, equals sign and space with a
 /// backslash. A newline cannot be escaped in line protocol, so it is written as `\n` text.
 pub fn tag_value(out: &mut Vec<u8>, v: &str) {
+    escaped_tag(out, v);
+}
+
+fn escaped_tag(out: &mut impl Put, v: &str) {
     if !v.bytes().any(|b| matches!(b, b',' | b'=' | b' ' | b'\n' | b'\r')) {
-        out.extend_from_slice(v.as_bytes());
+        out.put(v.as_bytes());
         return;
     }
     for &b in v.as_bytes() {
         match b {
-            b',' | b'=' | b' ' => {
-                out.push(b'\\');
-                out.push(b);
-            }
-            b'\n' => out.extend_from_slice(b"\\n"),
+            b',' | b'=' | b' ' => out.put(&[b'\\', b]),
+            b'\n' => out.put(b"\\n"),
             b'\r' => {}
-            _ => out.push(b),
+            _ => out.put(&[b]),
         }
     }
 }
@@ -293,6 +460,39 @@ mod tests {
             "book_delta,exchange=binance,market=spot,side=bid,symbol=BTCUSDT price=58001.03000000,qty=1.60107400,first_id=10i,last_id=12i,event_ts=1617566591307i 1000\n\
              book_delta,exchange=binance,market=spot,side=ask,symbol=BTCUSDT price=58042.29,qty=0.00000000,first_id=10i,last_id=12i,event_ts=1617566591307i 1001\n\
              book_delta,exchange=binance,market=spot,side=ask,symbol=BTCUSDT price=9.121E-7,qty=5,first_id=10i,last_id=12i,event_ts=1617566591307i 1002\n"
+        );
+        assert_eq!(p.point_count(), 3);
+    }
+
+    #[test]
+    fn timestamps_count_up_across_digit_rollovers() {
+        for start in [0i64, 7, 98, 999, 1_999_999_999_999_999_998, -3] {
+            for shared in [&b",a=1i"[..], &[b'x'; 190][..]] {
+                let mut tail = Tail::new(shared, start);
+                for k in 0..1_500 {
+                    assert_eq!(tail.line_end(), format!(" {}\n", start + k).as_bytes(), "from {start}, +{k}");
+                    tail.advance();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn snapshot_levels_share_ids_and_count_up() {
+        let p = DataPacket::ST(Snapshot {
+            instrument: inst("BTCUSDT"),
+            cur_seq: 77,
+            prev_seq: Some(76),
+            timestamp: Some(5),
+            recv_time_ns: 9,
+            bids: vec![lvl("1", "2"), lvl("0.5", "3")],
+            asks: vec![lvl("4", "1E-8")],
+        });
+        assert_eq!(
+            encode(&p),
+            "book_snapshot,exchange=binance,market=spot,side=bid,symbol=BTCUSDT price=1,qty=2,snapshot_id=77i,prev_id=76i,event_ts=5i 9\n\
+             book_snapshot,exchange=binance,market=spot,side=bid,symbol=BTCUSDT price=0.5,qty=3,snapshot_id=77i,prev_id=76i,event_ts=5i 10\n\
+             book_snapshot,exchange=binance,market=spot,side=ask,symbol=BTCUSDT price=4,qty=1E-8,snapshot_id=77i,prev_id=76i,event_ts=5i 11\n"
         );
         assert_eq!(p.point_count(), 3);
     }

@@ -1,0 +1,442 @@
+//! `Scan`: a strict, allocation-free reader for the few JSON shapes on the hot path (a depth
+//! frame of each exchange), used as a fast path in front of serde.
+//!
+//! Why: serde_json reads a frame through a generic visitor per string and per array element;
+//! for a Binance depth frame (about 10 levels, 460 bytes) that was two thirds of the parse
+//! (issue 8). A frame has one fixed shape, so a reader that knows it can go straight through.
+//!
+//! How it stays correct (contract 7): `Scan` accepts a *strict subset* of JSON. Anything it
+//! does not expect (an escape in a string, an unknown key, a duplicate key, a number with a
+//! leading zero or out of range, a level that is not a decimal, trailing bytes) makes it
+//! [`Decline`], and the caller parses the whole frame again with serde, which either reads it
+//! or says exactly what is wrong. So the fast path can only make a frame faster, never make a
+//! bad frame pass or a good one fail; `tests` check that both paths agree on every recorded
+//! frame and on corrupted copies of them.
+
+use crate::decimal::{self, Decimal};
+use crate::packet::Level;
+
+/// The fast path does not take this frame; parse it with serde instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decline;
+
+pub type Scanned<T> = Result<T, Decline>;
+
+/// A cursor over one frame's bytes.
+#[derive(Debug)]
+pub struct Scan<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    /// The text must be valid UTF-8 (a `&str`): string slices are handed out without checking
+    /// again.
+    pub fn new(text: &'a str) -> Self {
+        Scan { text, b: text.as_bytes(), i: 0 }
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// True when the rest of the frame (after whitespace) starts with `prefix`; consumes nothing.
+    pub fn peek_is(&mut self, prefix: &[u8]) -> bool {
+        self.ws();
+        self.b[self.i..].starts_with(prefix)
+    }
+
+    /// Whitespace, then exactly `c`.
+    #[inline]
+    pub fn byte(&mut self, c: u8) -> Scanned<()> {
+        self.ws();
+        if self.b.get(self.i) == Some(&c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(Decline)
+        }
+    }
+
+    /// After a member of an object (or an element of an array) closed by `close`: `true` when
+    /// a `,` follows (another member), `false` at `close`.
+    #[inline]
+    pub fn more(&mut self, close: u8) -> Scanned<bool> {
+        self.ws();
+        match self.b.get(self.i) {
+            Some(b',') => {
+                self.i += 1;
+                Ok(true)
+            }
+            Some(&c) if c == close => {
+                self.i += 1;
+                Ok(false)
+            }
+            _ => Err(Decline),
+        }
+    }
+
+    /// Only whitespace is left.
+    pub fn end(&mut self) -> Scanned<()> {
+        self.ws();
+        if self.i == self.b.len() {
+            Ok(())
+        } else {
+            Err(Decline)
+        }
+    }
+
+    /// A string without escapes or control characters, as a slice of the frame.
+    #[inline]
+    pub fn str(&mut self) -> Scanned<&'a str> {
+        self.byte(b'"')?;
+        let start = self.i;
+        let len = self.b[start..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).ok_or(Decline)?;
+        if self.b[start + len] != b'"' {
+            return Err(Decline);
+        }
+        self.i = start + len + 1;
+        // A `"` is never inside a multi-byte character, so both ends are character boundaries
+        // of the frame's text (and `get` checks it rather than trusting it).
+        self.text.get(start..start + len).ok_or(Decline)
+    }
+
+    /// An object key and its `:`.
+    #[inline]
+    pub fn key(&mut self) -> Scanned<&'a str> {
+        let k = self.str()?;
+        self.byte(b':')?;
+        Ok(k)
+    }
+
+    /// A JSON integer that fits a `u64` (no sign, no fraction, no leading zero).
+    #[inline]
+    pub fn u64(&mut self) -> Scanned<u64> {
+        self.ws();
+        let digits = self.b[self.i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || (digits > 1 && self.b[self.i] == b'0') || digits > 20 {
+            return Err(Decline);
+        }
+        if matches!(self.b.get(self.i + digits), Some(b'.' | b'e' | b'E')) {
+            return Err(Decline);
+        }
+        let mut v: u64 = 0;
+        for &c in &self.b[self.i..self.i + digits] {
+            v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(c - b'0'))).ok_or(Decline)?;
+        }
+        self.i += digits;
+        Ok(v)
+    }
+
+    /// A non-negative JSON integer that fits an `i64` (times in ms are never negative here;
+    /// a negative one goes to serde).
+    #[inline]
+    pub fn i64(&mut self) -> Scanned<i64> {
+        i64::try_from(self.u64()?).map_err(|_| Decline)
+    }
+
+    /// A JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`) kept as its text.
+    pub fn number(&mut self) -> Scanned<Decimal> {
+        let (start, len) = self.number_at()?;
+        Ok(Decimal::from_checked_in(self.b, start, len))
+    }
+
+    /// [`Self::number`] as the position and length of its text in the frame. The levels loop
+    /// builds both decimals of a level only once both are read, right where they are stored:
+    /// holding the first one while reading the second cost a store-forwarding stall per level.
+    #[inline(always)]
+    fn number_at(&mut self) -> Scanned<(usize, usize)> {
+        self.ws();
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        let int = digits(b, i);
+        if int == 0 || (int > 1 && b[i] == b'0') {
+            return Err(Decline);
+        }
+        i += int;
+        if b.get(i) == Some(&b'.') {
+            let frac = digits(b, i + 1);
+            if frac == 0 {
+                return Err(Decline);
+            }
+            i += 1 + frac;
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let exp = digits(b, i);
+            if exp == 0 {
+                return Err(Decline);
+            }
+            i += exp;
+        }
+        self.i = i;
+        Ok((start, i - start))
+    }
+
+    /// A string holding a decimal number (`"58001.03000000"`), validated as
+    /// [`Decimal::parse`] does.
+    pub fn decimal_str(&mut self) -> Scanned<Decimal> {
+        let (start, len) = self.decimal_str_at()?;
+        Ok(Decimal::from_checked_in(self.b, start, len))
+    }
+
+    /// [`Self::decimal_str`] as the position and length of the text inside the quotes.
+    #[inline(always)]
+    fn decimal_str_at(&mut self) -> Scanned<(usize, usize)> {
+        self.byte(b'"')?;
+        let b = self.b;
+        let start = self.i;
+        // The common form, digits with at most one dot ending at the quote, checked 16 bytes
+        // at a time.
+        if let Some(len) = b.get(start..start + 16).and_then(plain_decimal_len) {
+            self.i = start + len + 1;
+            return Ok((start, len));
+        }
+        // Anything else (an exponent, a sign, or not a number): the general rule decides.
+        self.i = start - 1;
+        let text = self.str()?;
+        if decimal::is_decimal(text.as_bytes()) {
+            Ok((start, text.len()))
+        } else {
+            Err(Decline)
+        }
+    }
+
+    /// `[[p, s], ...]` appended to `out`, where `p` and `s` are decimal strings (Binance,
+    /// Bybit) or, with `NUMBERS`, bare JSON numbers (HTX). `[]` appends nothing.
+    #[inline(always)]
+    pub fn levels<const NUMBERS: bool>(&mut self, out: &mut Vec<Level>) -> Scanned<()> {
+        self.byte(b'[')?;
+        self.ws();
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.byte(b'[')?;
+            let (p, p_len) = if NUMBERS { self.number_at()? } else { self.decimal_str_at()? };
+            self.byte(b',')?;
+            let (s, s_len) = if NUMBERS { self.number_at()? } else { self.decimal_str_at()? };
+            self.byte(b']')?;
+            // Built in the vector's slot, not on the stack and then copied: the copy read back
+            // bytes just written in pieces, a store-forwarding stall per level.
+            out.push(Level { price: Decimal::ZERO, size: Decimal::ZERO });
+            if let Some(level) = out.last_mut() {
+                level.price.set_checked_in(self.b, p, p_len);
+                level.size.set_checked_in(self.b, s, s_len);
+            }
+            if !self.more(b']')? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// [`Self::levels`] into a vector of exactly their number. JSON gives no count up front,
+    /// and growing a vector level by level costs a malloc and reallocs with copies per side;
+    /// so the levels are collected in a per-thread scratch vector that keeps its capacity, then
+    /// moved into one exact allocation (which also keeps the packets waiting in the buffer
+    /// channel no larger than their levels).
+    #[inline]
+    pub fn levels_exact<const NUMBERS: bool>(&mut self) -> Scanned<Vec<Level>> {
+        use std::cell::RefCell;
+        thread_local! {
+            static SCRATCH: RefCell<Vec<Level>> = const { RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|cell| {
+            let Ok(mut scratch) = cell.try_borrow_mut() else {
+                // Re-entered (cannot happen: nothing here calls back); just do without.
+                let mut out = Vec::new();
+                self.levels::<NUMBERS>(&mut out)?;
+                return Ok(out);
+            };
+            scratch.clear();
+            let read = self.levels::<NUMBERS>(&mut scratch);
+            // A 5,000-level snapshot should not pin its scratch for the thread's life.
+            let out: Vec<Level> = if scratch.capacity() > 1024 {
+                let mut all = std::mem::take(&mut *scratch);
+                all.shrink_to_fit();
+                all
+            } else {
+                scratch.drain(..).collect()
+            };
+            read.map(|()| out)
+        })
+    }
+}
+
+/// SWAR over a 16-byte window starting right after an opening quote: when the window holds a
+/// closing quote and every byte before it is a digit or a dot (at most one dot, at least one
+/// digit), the text's length; `None` sends the string to the general check.
+#[inline(always)]
+fn plain_decimal_len(window: &[u8]) -> Option<usize> {
+    const ONES: u128 = u128::MAX / 255;
+    const HIGH: u128 = ONES * 0x80;
+    let x = u128::from_le_bytes(window.try_into().ok()?);
+    // The high bit of each byte that equals `c`, exactly (no carry between bytes).
+    let equal = |c: u8| {
+        let m = x ^ (ONES * u128::from(c));
+        !(((m & !HIGH) + !HIGH) | m) & HIGH
+    };
+    let quotes = equal(b'"');
+    if quotes == 0 {
+        return None;
+    }
+    let len = (quotes.trailing_zeros() / 8) as usize;
+    let before = if len == 0 { 0 } else { HIGH & (u128::MAX >> (128 - 8 * len)) };
+    let y = x ^ (ONES * u128::from(b'0'));
+    // High bit set where a byte is not an ASCII digit.
+    let not_digit = ((((y & !HIGH) + ONES * 0x76) | y) & HIGH) & before;
+    let dots = equal(b'.') & before;
+    let n_dots = dots.count_ones() as usize;
+    (not_digit & !dots == 0 && n_dots <= 1 && len > n_dots).then_some(len)
+}
+
+fn digits(b: &[u8], from: usize) -> usize {
+    b.get(from..).map_or(0, |rest| rest.iter().take_while(|c| c.is_ascii_digit()).count())
+}
+
+/// A bit per key of a fixed shape, so a repeated key declines (serde calls it a duplicate
+/// field; the fast path must not silently take the last one).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen(u32);
+
+impl Seen {
+    /// Marks key number `bit`; declines when it was already seen.
+    #[inline]
+    pub fn mark(&mut self, bit: u32) -> Scanned<()> {
+        let m = 1 << bit;
+        if self.0 & m != 0 {
+            return Err(Decline);
+        }
+        self.0 |= m;
+        Ok(())
+    }
+
+    pub fn has(self, bit: u32) -> bool {
+        self.0 & (1 << bit) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(s: &str) -> Scanned<String> {
+        let mut sc = Scan::new(s);
+        let d = sc.number()?;
+        sc.end()?;
+        Ok(d.as_str().to_owned())
+    }
+
+    #[test]
+    fn numbers_follow_json_grammar() {
+        for ok in ["0", "0.0", "9.486E-11", "5.4329174972728E12", "-2.5", "1e+3", "58001.03"] {
+            assert_eq!(num(ok).as_deref(), Ok(ok), "{ok}");
+            // serde_json agrees that these are numbers.
+            assert!(serde_json::from_str::<serde_json::Number>(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "01", "-", ".5", "1.", "1e", "+1", "1.e3", "NaN", "0x1", "--1"] {
+            assert_eq!(num(bad), Err(Decline), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn decimal_strings() {
+        let one = |s: &str| {
+            let mut sc = Scan::new(s);
+            sc.decimal_str().map(|d| d.as_str().to_owned())
+        };
+        assert_eq!(one(r#""58001.03000000""#).as_deref(), Ok("58001.03000000"));
+        assert_eq!(one(r#""1E-8""#).as_deref(), Ok("1E-8"));
+        for bad in [r#""""#, r#"".""#, r#""1.2.3""#, r#""NaN""#, r#""1\u0030""#, r#""1"#, "1"] {
+            assert_eq!(one(bad), Err(Decline), "{bad}");
+        }
+    }
+
+    /// The 16-byte check against the plain per-byte rule, on every string of a small alphabet
+    /// up to 5 characters placed at each offset of the window.
+    #[test]
+    fn swar_window_matches_the_byte_rule() {
+        let alphabet = [b'0', b'9', b'.', b'"', b'e', b'-', b'/', b':', 0x80, b' '];
+        let rule = |w: &[u8]| {
+            let len = w.iter().position(|&c| c == b'"')?;
+            let body = &w[..len];
+            let dots = body.iter().filter(|&&c| c == b'.').count();
+            (body.iter().all(|c| c.is_ascii_digit() || *c == b'.') && dots <= 1 && len > dots).then_some(len)
+        };
+        let mut checked = 0;
+        for n in 1..=5u32 {
+            for code in 0..alphabet.len().pow(n) {
+                let mut word = Vec::new();
+                let mut c = code;
+                for _ in 0..n {
+                    word.push(alphabet[c % alphabet.len()]);
+                    c /= alphabet.len();
+                }
+                for offset in [0usize, 3, 11, 16 - n as usize] {
+                    let mut w = [b'7'; 16];
+                    w[offset..offset + word.len()].copy_from_slice(&word);
+                    assert_eq!(plain_decimal_len(&w), rule(&w), "{:?}", String::from_utf8_lossy(&w));
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 400_000);
+    }
+
+    #[test]
+    fn integers() {
+        let one = |s: &str| Scan::new(s).u64();
+        assert_eq!(one("18446744073709551615"), Ok(u64::MAX));
+        for bad in ["18446744073709551616", "-1", "01", "1.0", "1e3", "", "x"] {
+            assert_eq!(one(bad), Err(Decline), "{bad}");
+        }
+        assert_eq!(Scan::new("9223372036854775808").i64(), Err(Decline));
+    }
+
+    #[test]
+    fn strings_with_escapes_decline() {
+        assert_eq!(Scan::new(r#""ab""#).str(), Ok("ab"));
+        for bad in [r#""a\"b""#, "\"a\nb\"", r#""abc"#] {
+            assert_eq!(Scan::new(bad).str(), Err(Decline), "{bad}");
+        }
+    }
+
+    #[test]
+    fn levels_read_pairs_and_empty() {
+        let mut out = Vec::new();
+        let mut sc = Scan::new(r#" [ ["1.5" , "2"],["3","0.00"] ] "#);
+        sc.levels::<false>(&mut out).unwrap();
+        sc.end().unwrap();
+        assert_eq!(out.iter().map(|l| (l.price.as_str(), l.size.as_str())).collect::<Vec<_>>(), [("1.5", "2"), ("3", "0.00")]);
+        out.clear();
+        Scan::new("[]").levels::<true>(&mut out).unwrap();
+        assert!(out.is_empty());
+        for bad in ["[[1,2,3]]", "[[1]]", "[[1,2],]", "[[1,2]", r#"[["1","2"]]"#] {
+            assert_eq!(Scan::new(bad).levels::<true>(&mut out), Err(Decline), "{bad}");
+        }
+    }
+
+    #[test]
+    fn seen_declines_a_repeated_key() {
+        let mut s = Seen::default();
+        s.mark(3).unwrap();
+        assert!(s.has(3) && !s.has(2));
+        assert_eq!(s.mark(3), Err(Decline));
+    }
+}
