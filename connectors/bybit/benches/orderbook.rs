@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 
@@ -18,6 +18,7 @@ use connector_bybit::options::Category;
 use connector_bybit::parser::{BookFrame, OrderbookParser, TradeFrame, TradeParser};
 use connector_bybit::session::{TopicFeed, TradeTopics};
 use connector_bybit::book_sync::{BookMessage, BookSync};
+use ds_api::bench::paired;
 use ds_api::line_protocol::LineProtocol;
 use ds_api::traits::Parser;
 use ds_api::{FeedStats, Instrument};
@@ -119,18 +120,6 @@ fn floor<'a>(frames: impl Iterator<Item = &'a String>) -> usize {
     frames.filter(|f| serde_json::from_str::<serde::de::IgnoredAny>(f).is_ok()).count()
 }
 
-fn median_secs(mut f: impl FnMut(), runs: usize) -> f64 {
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[runs / 2]
-}
-
 fn main() {
     let cap = load();
     let n = cap.books.len() as u64;
@@ -162,30 +151,29 @@ fn main() {
     }
     c.final_summary();
 
-    // Summary lines with the ratio, medians of 31 passes each.
+    // Summary lines: floor and path timed in alternation (see ds_api::bench), medians.
     let mut out = Vec::with_capacity(1 << 16);
-    let t_floor = median_secs(|| { black_box(floor(cap.books.iter().map(|(_, f)| f))); }, 31);
-    let t_parse = median_secs(|| { black_box(parse_only(&cap)); }, 31);
-    let t_path = median_secs(|| { black_box(book_path(&cap, &mut out)); }, 31);
+    let parse = paired(31, || { black_box(floor(cap.books.iter().map(|(_, f)| f))); }, || { black_box(parse_only(&cap)); });
+    let pair = paired(61, || { black_box(floor(cap.books.iter().map(|(_, f)| f))); }, || { black_box(book_path(&cap, &mut out)); });
     println!(
-        "bybit orderbook: {} frames, {} levels | floor {:.0} frames/s | parse only {:.0} frames/s | service path {:.0} frames/s, {:.0} levels/s | ratio to floor {:.2}",
+        "bybit orderbook: {} frames, {} levels | floor {:.0} frames/s | parse only {:.0} frames/s (ratio {:.2}) | service path {:.0} frames/s, {:.0} levels/s | ratio to floor {:.2}",
         n,
         cap.levels,
-        n as f64 / t_floor,
-        n as f64 / t_parse,
-        n as f64 / t_path,
-        cap.levels as f64 / t_path,
-        t_floor / t_path
+        n as f64 / pair.floor_secs,
+        n as f64 / parse.path_secs,
+        parse.ratio,
+        n as f64 / pair.path_secs,
+        cap.levels as f64 / pair.path_secs,
+        pair.ratio
     );
-    let t_floor = median_secs(|| { black_box(floor(cap.trades.iter().map(|(_, f)| f))); }, 101);
-    let t_path = median_secs(|| { black_box(trade_path(&cap, &mut out)); }, 101);
+    let pair = paired(101, || { black_box(floor(cap.trades.iter().map(|(_, f)| f))); }, || { black_box(trade_path(&cap, &mut out)); });
     println!(
         "bybit trades: {} frames, {} trades | floor {:.0} frames/s | service path {:.0} frames/s, {:.0} trades/s | ratio to floor {:.2}",
         nt,
         cap.trade_count,
-        nt as f64 / t_floor,
-        nt as f64 / t_path,
-        cap.trade_count as f64 / t_path,
-        t_floor / t_path
+        nt as f64 / pair.floor_secs,
+        nt as f64 / pair.path_secs,
+        cap.trade_count as f64 / pair.path_secs,
+        pair.ratio
     );
 }

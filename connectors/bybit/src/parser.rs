@@ -2,6 +2,7 @@
 //! Pure and per frame, so the benchmark measures them together with the sync step and the
 //! line-protocol encoding.
 
+use ds_api::scan::{Decline, Scan, Scanned, Seen};
 use ds_api::traits::Parser;
 use ds_api::{Decimal, Level, ParseError, Side};
 
@@ -93,7 +94,11 @@ impl Parser for OrderbookParser {
     type Output<'a> = BookFrame<'a>;
 
     fn parse<'a>(&self, frame: &'a [u8]) -> Result<BookFrame<'a>, ParseError> {
-        let w: FrameWire<'a, BookData<'a>> = serde_json::from_str(utf8(frame)?)?;
+        let text = utf8(frame)?;
+        if let Ok(update) = scan_book(text) {
+            return Ok(BookFrame::Update(update));
+        }
+        let w: FrameWire<'a, BookData<'a>> = serde_json::from_str(text)?;
         if let Some(reply) = op_reply(&w) {
             return Ok(BookFrame::Reply(reply));
         }
@@ -114,6 +119,96 @@ impl Parser for OrderbookParser {
             bids: data.bids,
             asks: data.asks,
         }))
+    }
+}
+
+/// The fast path ([`ds_api::scan`]): an order book push exactly as Bybit writes it, top-level
+/// keys `topic type ts data cts` and `data` keys `s b a u seq`, each at most once, in any
+/// order. Anything else (an `op` answer, a new key, an unknown `type`) declines, and
+/// [`OrderbookParser::parse`] reads the frame with serde, which also gives the error.
+fn scan_book(text: &str) -> Scanned<BookUpdate<'_>> {
+    let mut s = Scan::new(text);
+    let (mut topic, mut kind, mut ts, mut cts) = (None, None, None, None);
+    let mut data = None;
+    let mut seen = Seen::default();
+    s.byte(b'{')?;
+    loop {
+        match s.key()? {
+            "topic" => {
+                seen.mark(0)?;
+                topic = Some(s.str()?);
+            }
+            "type" => {
+                seen.mark(1)?;
+                kind = Some(match s.str()? {
+                    "snapshot" => UpdateKind::Snapshot,
+                    "delta" => UpdateKind::Delta,
+                    _ => return Err(Decline),
+                });
+            }
+            "ts" => {
+                seen.mark(2)?;
+                ts = Some(s.i64()?);
+            }
+            "cts" => {
+                seen.mark(3)?;
+                cts = Some(s.i64()?);
+            }
+            "data" => {
+                seen.mark(4)?;
+                data = Some(scan_book_data(&mut s)?);
+            }
+            _ => return Err(Decline),
+        }
+        if !s.more(b'}')? {
+            break;
+        }
+    }
+    s.end()?;
+    let (Some(topic), Some(kind), Some((symbol, update_id, cross_seq, bids, asks))) = (topic, kind, data) else {
+        return Err(Decline);
+    };
+    Ok(BookUpdate { topic, symbol, kind, update_id, cross_seq, event_time_ms: cts.or(ts), bids, asks })
+}
+
+type ScannedData<'a> = (&'a str, u64, Option<u64>, Vec<Level>, Vec<Level>);
+
+fn scan_book_data<'a>(s: &mut Scan<'a>) -> Scanned<ScannedData<'a>> {
+    let (mut symbol, mut u, mut seq) = (None, None, None);
+    let (mut bids, mut asks) = (Vec::new(), Vec::new());
+    let mut seen = Seen::default();
+    s.byte(b'{')?;
+    loop {
+        match s.key()? {
+            "s" => {
+                seen.mark(0)?;
+                symbol = Some(s.str()?);
+            }
+            "b" => {
+                seen.mark(1)?;
+                bids = s.levels_exact::<false>()?;
+            }
+            "a" => {
+                seen.mark(2)?;
+                asks = s.levels_exact::<false>()?;
+            }
+            "u" => {
+                seen.mark(3)?;
+                u = Some(s.u64()?);
+            }
+            "seq" => {
+                seen.mark(4)?;
+                seq = Some(s.u64()?);
+            }
+            _ => return Err(Decline),
+        }
+        if !s.more(b'}')? {
+            break;
+        }
+    }
+    match (symbol, u) {
+        (Some(symbol), Some(u)) => Ok((symbol, u, seq, bids, asks)),
+        _ => Err(Decline),
     }
 }
 
@@ -171,6 +266,71 @@ fn op_reply<D>(w: &FrameWire<'_, D>) -> Option<OpReply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The serde reading of an order book push, bypassing the fast path.
+    fn serde_book(text: &str) -> Option<BookUpdate<'_>> {
+        let w: FrameWire<'_, BookData<'_>> = serde_json::from_str(text).ok()?;
+        if w.op.is_some() {
+            return None;
+        }
+        let data = w.data?;
+        Some(BookUpdate {
+            topic: w.topic?,
+            symbol: data.symbol,
+            kind: match w.kind? {
+                "snapshot" => UpdateKind::Snapshot,
+                "delta" => UpdateKind::Delta,
+                _ => return None,
+            },
+            update_id: data.u,
+            cross_seq: data.seq,
+            event_time_ms: w.cts.or(w.ts),
+            bids: data.bids,
+            asks: data.asks,
+        })
+    }
+
+    /// The fast path takes every recorded order book push, and wherever it takes a frame
+    /// (recorded or corrupted) it reads exactly what serde reads; where serde refuses, it
+    /// declines.
+    #[test]
+    fn fast_path_agrees_with_serde_on_recorded_and_corrupted_frames() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/bybit");
+        let mut frames = Vec::new();
+        for name in ["orderbook_200_linear_2026-08-09.jsonl", "orderbook_200_spot_2026-08-09.jsonl", "orderbook_1_linear_2025-06-13.jsonl", "orderbook_1_spot_2025-06-13.jsonl"] {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("needs ../shared/fixtures ({}): {e}", dir.display()));
+            frames.extend(text.lines().filter(|l| l.contains("\"topic\"")).map(String::from));
+        }
+        assert!(frames.len() > 2000, "{} frames", frames.len());
+        for f in &frames {
+            let fast = scan_book(f).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {}", &f[..f.len().min(300)]));
+            assert_eq!(Some(fast), serde_book(f));
+        }
+        let (mut taken, mut declined) = (0, 0);
+        // The shorter pushes (deltas), so that every cut and substitution is tried.
+        for f in frames.iter().filter(|f| f.len() < 600).take(30) {
+            let mut variants: Vec<String> = (0..f.len()).filter(|&i| f.is_char_boundary(i)).map(|i| f[..i].to_string()).collect();
+            for (i, _) in f.char_indices() {
+                for c in ['"', ',', ']', '}', '0', '-', '.', 'e', ' ', '\\', 'x'] {
+                    let mut v = f.clone();
+                    v.replace_range(i..i + 1, &c.to_string());
+                    variants.push(v);
+                }
+            }
+            variants.push(f.replace(r#""cts":"#, r#""op":"subscribe","cts":"#));
+            variants.push(f.replace(r#""u":"#, r#""u":1,"u":"#));
+            for v in &variants {
+                match scan_book(v) {
+                    Ok(fast) => {
+                        taken += 1;
+                        assert_eq!(Some(fast), serde_book(v), "fast path read {v}");
+                    }
+                    Err(Decline) => declined += 1,
+                }
+            }
+        }
+        assert!(taken > 1000 && declined > 1000, "taken {taken}, declined {declined}");
+    }
 
     /// (topic, kind, u, bids, asks, event time) or an error fragment.
     type BookExpect = Result<(&'static str, UpdateKind, u64, usize, usize, i64), &'static str>;

@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use flate2::write::GzEncoder;
@@ -28,6 +28,7 @@ use connector_huobi::channel_session::ChannelSession;
 use connector_huobi::gzip::DEFAULT_MAX_FRAME_BYTES;
 use connector_huobi::parser::Channel;
 use connector_huobi::session::{MbpSession, MbpSessionConfig};
+use ds_api::bench::paired;
 use ds_api::buffer::packet_channel;
 use ds_api::line_protocol::LineProtocol;
 use ds_api::ws::{SessionHandler, WsMessage};
@@ -315,18 +316,6 @@ fn capture_service_path(c: &Capture, out: &mut Vec<u8>) -> usize {
     points
 }
 
-fn median_secs(mut f: impl FnMut(), runs: usize) -> f64 {
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[runs / 2]
-}
-
 fn main() {
     let mbp = synthetic();
     let mbp_all: Vec<Vec<u8>> = mbp
@@ -371,50 +360,44 @@ fn main() {
     }
     c.final_summary();
 
-    // Summary lines with the ratio, medians of 31 passes each.
-    let t_floor = median_secs(
+    // Summary lines: floor and path timed in alternation (see ds_api::bench), medians.
+    let pair = paired(
+        61,
         || {
             black_box(floor(&mbp_all, &mut buf));
         },
-        31,
-    );
-    let t_path = median_secs(
         || {
             black_box(mbp_service_path(&mbp, &mut out));
         },
-        31,
     );
     println!(
         "huobi mbp.150: {} frames, {} levels | floor (gunzip + IgnoredAny) {:.0} frames/s | service path {:.0} frames/s, {:.0} levels/s | ratio to floor {:.2}",
         n_mbp,
         mbp.levels,
-        n_mbp as f64 / t_floor,
-        n_mbp as f64 / t_path,
-        mbp.levels as f64 / t_path,
-        t_floor / t_path
+        n_mbp as f64 / pair.floor_secs,
+        n_mbp as f64 / pair.path_secs,
+        mbp.levels as f64 / pair.path_secs,
+        pair.ratio
     );
     if let Some(cap) = &capture {
         let wires: Vec<Vec<u8>> = cap.frames.iter().map(|(_, w)| w.clone()).collect();
         let n = wires.len() as u64;
-        let t_floor = median_secs(
+        let points = capture_service_path(cap, &mut out);
+        let pair = paired(
+            31,
             || {
                 black_box(floor(&wires, &mut buf));
             },
-            31,
-        );
-        let mut points = 0;
-        let t_path = median_secs(
             || {
-                points = black_box(capture_service_path(cap, &mut out));
+                black_box(capture_service_path(cap, &mut out));
             },
-            31,
         );
         println!(
             "huobi capture: {n} real frames, {points} points | floor (gunzip + IgnoredAny) {:.0} frames/s | service path {:.0} frames/s, {:.0} points/s | ratio to floor {:.2}",
-            n as f64 / t_floor,
-            n as f64 / t_path,
-            points as f64 / t_path,
-            t_floor / t_path
+            n as f64 / pair.floor_secs,
+            n as f64 / pair.path_secs,
+            points as f64 / pair.path_secs,
+            pair.ratio
         );
     }
 }

@@ -13,10 +13,11 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use ds_api::scan::{Decline, Scan, Scanned, Seen};
 use ds_api::traits::Parser;
 use ds_api::ParseError;
 
-use crate::wire::{DepthTick, MbpTick, TradeTick};
+use crate::wire::{DepthTick, Levels, MbpTick, TradeTick};
 
 /// The channel part of a topic `market.$symbol.<channel>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,56 +133,176 @@ impl Parser for HuobiParser {
     type Output<'a> = HuobiFrame<'a>;
 
     fn parse<'a>(&self, frame: &'a [u8]) -> Result<HuobiFrame<'a>, ParseError> {
-        let w: FrameWire<'a> = serde_json::from_slice(frame)?;
-        if let Some(n) = w.ping {
-            return Ok(HuobiFrame::Ping(n));
+        if let Some(push) = std::str::from_utf8(frame).ok().and_then(|text| scan_mbp(text).ok()) {
+            return Ok(push);
         }
-        if let Some(n) = w.pong {
-            return Ok(HuobiFrame::Pong(n));
-        }
-        let id = w.id.and_then(request_id);
-        if w.status == Some("error") {
-            return Ok(HuobiFrame::Error {
-                id,
-                code: w.err_code.unwrap_or(Cow::Borrowed("")),
-                message: w.err_msg.unwrap_or(Cow::Borrowed("")),
-            });
-        }
-        if let Some(topic) = w.subbed {
-            return Ok(HuobiFrame::Subscribed { id, topic });
-        }
-        if let Some(topic) = w.unsubbed {
-            return Ok(HuobiFrame::Unsubscribed { id, topic });
-        }
-        if let Some(rep) = w.rep {
-            let topic = Topic::parse(rep)
-                .ok_or_else(|| ParseError::UnknownMessage(format!("reply to topic {rep:?}")))?;
-            let data = w
-                .payload
-                .ok_or_else(|| ParseError::Other(format!("reply to {rep} without data")))?;
-            return Ok(HuobiFrame::Reply {
-                id,
-                topic,
-                ts: w.ts,
-                data,
-            });
-        }
-        if let Some(ch) = w.ch {
-            let topic = Topic::parse(ch)
-                .ok_or_else(|| ParseError::UnknownMessage(format!("channel {ch:?}")))?;
-            let tick = w
-                .payload
-                .ok_or_else(|| ParseError::Other(format!("push on {ch} without tick")))?;
-            return Ok(HuobiFrame::Push {
-                topic,
-                ts: w.ts,
-                tick,
-            });
-        }
-        Err(ParseError::UnknownMessage(
-            "neither ping, ack, error, reply nor channel push".into(),
-        ))
+        parse_serde(frame)
     }
+}
+
+/// Every frame the fast path declines: pings, acks, errors, replies, pushes of other channels.
+fn parse_serde(frame: &[u8]) -> Result<HuobiFrame<'_>, ParseError> {
+    let w: FrameWire<'_> = serde_json::from_slice(frame)?;
+    if let Some(n) = w.ping {
+        return Ok(HuobiFrame::Ping(n));
+    }
+    if let Some(n) = w.pong {
+        return Ok(HuobiFrame::Pong(n));
+    }
+    let id = w.id.and_then(request_id);
+    if w.status == Some("error") {
+        return Ok(HuobiFrame::Error {
+            id,
+            code: w.err_code.unwrap_or(Cow::Borrowed("")),
+            message: w.err_msg.unwrap_or(Cow::Borrowed("")),
+        });
+    }
+    if let Some(topic) = w.subbed {
+        return Ok(HuobiFrame::Subscribed { id, topic });
+    }
+    if let Some(topic) = w.unsubbed {
+        return Ok(HuobiFrame::Unsubscribed { id, topic });
+    }
+    if let Some(rep) = w.rep {
+        let topic = Topic::parse(rep)
+            .ok_or_else(|| ParseError::UnknownMessage(format!("reply to topic {rep:?}")))?;
+        let data = w
+            .payload
+            .ok_or_else(|| ParseError::Other(format!("reply to {rep} without data")))?;
+        return Ok(HuobiFrame::Reply {
+            id,
+            topic,
+            ts: w.ts,
+            data,
+        });
+    }
+    if let Some(ch) = w.ch {
+        let topic = Topic::parse(ch)
+            .ok_or_else(|| ParseError::UnknownMessage(format!("channel {ch:?}")))?;
+        let tick = w
+            .payload
+            .ok_or_else(|| ParseError::Other(format!("push on {ch} without tick")))?;
+        return Ok(HuobiFrame::Push {
+            topic,
+            ts: w.ts,
+            tick,
+        });
+    }
+    Err(ParseError::UnknownMessage(
+        "neither ping, ack, error, reply nor channel push".into(),
+    ))
+}
+
+/// The fast path ([`ds_api::scan`]): a book push exactly as HTX writes it,
+/// `{"ch":"market.$symbol.mbp[.refresh].$n","ts":..,"tick":{"seqNum":..,"prevSeqNum":..,
+/// "bids":[[p,s],..],"asks":[..]}}` or a `depth.step0` one (tick keys `bids asks version ts`),
+/// `ch` before `tick`, each key at most once. Anything else
+/// (pings, acks, replies, other channels, a new key) declines, and [`HuobiParser::parse`]
+/// reads the frame with serde, which also gives the error.
+fn scan_mbp(text: &str) -> Scanned<HuobiFrame<'_>> {
+    let mut s = Scan::new(text);
+    let (mut topic, mut ts, mut tick) = (None, None, None);
+    let mut seen = Seen::default();
+    s.byte(b'{')?;
+    loop {
+        match s.key()? {
+            "ch" => {
+                seen.mark(0)?;
+                let t = Topic::parse(s.str()?).ok_or(Decline)?;
+                if !matches!(t.channel, Channel::Mbp(_) | Channel::MbpRefresh(_) | Channel::DepthStep0) {
+                    return Err(Decline);
+                }
+                topic = Some(t);
+            }
+            "ts" => {
+                seen.mark(1)?;
+                ts = Some(s.i64()?);
+            }
+            // The channel must be known when the payload comes.
+            "tick" => {
+                seen.mark(2)?;
+                tick = Some(match topic.map(|t: Topic<'_>| t.channel) {
+                    Some(Channel::DepthStep0) => Tick::Depth(scan_depth_tick(&mut s)?),
+                    Some(_) => Tick::Mbp(scan_mbp_tick(&mut s)?),
+                    None => return Err(Decline),
+                });
+            }
+            _ => return Err(Decline),
+        }
+        if !s.more(b'}')? {
+            break;
+        }
+    }
+    s.end()?;
+    match (topic, tick) {
+        (Some(topic), Some(tick)) => Ok(HuobiFrame::Push { topic, ts, tick }),
+        _ => Err(Decline),
+    }
+}
+
+fn scan_mbp_tick(s: &mut Scan<'_>) -> Scanned<MbpTick> {
+    let (mut seq_num, mut prev_seq_num) = (None, None);
+    let (mut bids, mut asks) = (Levels::default(), Levels::default());
+    let mut seen = Seen::default();
+    s.byte(b'{')?;
+    loop {
+        match s.key()? {
+            "seqNum" => {
+                seen.mark(0)?;
+                seq_num = Some(s.u64()?);
+            }
+            "prevSeqNum" => {
+                seen.mark(1)?;
+                prev_seq_num = Some(s.u64()?);
+            }
+            "bids" => {
+                seen.mark(2)?;
+                bids = Levels(s.levels_exact::<true>()?);
+            }
+            "asks" => {
+                seen.mark(3)?;
+                asks = Levels(s.levels_exact::<true>()?);
+            }
+            _ => return Err(Decline),
+        }
+        if !s.more(b'}')? {
+            break;
+        }
+    }
+    Ok(MbpTick { seq_num: seq_num.ok_or(Decline)?, prev_seq_num, bids, asks })
+}
+
+/// A `depth.step0` tick: `{"bids":[..],"asks":[..],"version":..,"ts":..}`.
+fn scan_depth_tick(s: &mut Scan<'_>) -> Scanned<DepthTick> {
+    let (mut version, mut ts) = (None, None);
+    let (mut bids, mut asks) = (Levels::default(), Levels::default());
+    let mut seen = Seen::default();
+    s.byte(b'{')?;
+    loop {
+        match s.key()? {
+            "version" => {
+                seen.mark(0)?;
+                version = Some(s.u64()?);
+            }
+            "ts" => {
+                seen.mark(1)?;
+                ts = Some(s.i64()?);
+            }
+            "bids" => {
+                seen.mark(2)?;
+                bids = Levels(s.levels_exact::<true>()?);
+            }
+            "asks" => {
+                seen.mark(3)?;
+                asks = Levels(s.levels_exact::<true>()?);
+            }
+            _ => return Err(Decline),
+        }
+        if !s.more(b'}')? {
+            break;
+        }
+    }
+    Ok(DepthTick { version: version.ok_or(Decline)?, ts, bids, asks })
 }
 
 /// Our request ids are numbers; Huobi echoes them as sent (a number, or a string if a client
@@ -452,10 +573,7 @@ mod tests {
     fn every_frame_of_the_raw_capture_inflates_and_parses() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../../shared/fixtures/huobi/ws_raw_gzip_frames_2021-04-17.jsonl");
-        let Ok(capture) = std::fs::read_to_string(&path) else {
-            eprintln!("skipping: {} not found", path.display());
-            return;
-        };
+        let capture = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("needs ../shared/fixtures ({}): {e}", path.display()));
         let mut gunzip = crate::gzip::Gunzip::new(crate::gzip::DEFAULT_MAX_FRAME_BYTES);
         let (mut pings, mut acks, mut books, mut trade_frames, mut trades) = (0, 0, 0, 0, 0);
         let mut first_bid = None;
@@ -500,6 +618,59 @@ mod tests {
             Some("9.121E-7"),
             "the exchange's text, not a float's"
         );
+    }
+
+    /// The fast path takes every recorded mbp and depth.step0 push, and wherever it takes a frame (recorded or
+    /// corrupted) it reads exactly what serde reads; where serde refuses, it declines.
+    #[test]
+    fn fast_path_agrees_with_serde_on_recorded_and_corrupted_frames() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/huobi");
+        let text = std::fs::read_to_string(dir.join("mbp_150_incremental_ccxt_issue_18749.jsonl"))
+            .unwrap_or_else(|e| panic!("needs ../shared/fixtures ({}): {e}", dir.display()));
+        let frames: Vec<String> = text.lines().filter(|l| l.contains("\"ch\"")).map(String::from).collect();
+        assert_eq!(frames.len(), 2, "the two real incrementals");
+        // Only two real incrementals exist; the real depth.step0 books carry the same number
+        // text in 150 levels a side, so they are reshaped into mbp pushes as well.
+        let books = std::fs::read_to_string(dir.join("depth_step0_2021-04-17.jsonl")).unwrap();
+        let reshaped: Vec<String> = books
+            .lines()
+            .filter_map(|l| {
+                let cut = l.rfind(r#","ts":"#)?;
+                Some(format!("{},\"prevSeqNum\":7}}}}", &l[..cut]).replace("depth.step0", "mbp.150").replace(r#""version":"#, r#""seqNum":"#))
+            })
+            .collect();
+        assert!(reshaped.len() > 250, "{} books", reshaped.len());
+        let step0: Vec<String> = books.lines().map(String::from).collect();
+        for f in frames.iter().chain(&reshaped).chain(&step0) {
+            let fast = scan_mbp(f).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {f}"));
+            assert_eq!(Some(fast), parse_serde(f.as_bytes()).ok(), "{f}");
+        }
+        // Declined, not misread: the other kinds of frame.
+        for other in [r#"{"ping":1690948843215}"#, r#"{"id":"1","status":"ok","subbed":"market.btcusdt.mbp.150","ts":1}"#, r#"{"ch":"market.x.trade.detail","ts":1,"tick":{"id":1,"ts":1,"data":[]}}"#] {
+            assert_eq!(scan_mbp(other).err(), Some(Decline), "{other}");
+        }
+        let (mut taken, mut declined) = (0, 0);
+        for f in frames.iter().chain(step0.iter().filter(|f| f.len() < 1500).take(3)) {
+            let mut variants: Vec<String> = (0..f.len()).filter(|&i| f.is_char_boundary(i)).map(|i| f[..i].to_string()).collect();
+            for (i, _) in f.char_indices() {
+                for c in ['"', ',', ']', '}', '0', '-', '.', 'e', 'E', '+', ' ', '\\', 'x'] {
+                    let mut v = f.clone();
+                    v.replace_range(i..i + 1, &c.to_string());
+                    variants.push(v);
+                }
+            }
+            variants.push(f.replace(r#""seqNum":"#, r#""seqNum":1,"seqNum":"#));
+            for v in &variants {
+                match scan_mbp(v) {
+                    Ok(fast) => {
+                        taken += 1;
+                        assert_eq!(Some(fast), parse_serde(v.as_bytes()).ok(), "fast path read {v}");
+                    }
+                    Err(Decline) => declined += 1,
+                }
+            }
+        }
+        assert!(taken > 300 && declined > 1000, "taken {taken}, declined {declined}");
     }
 
     #[test]
