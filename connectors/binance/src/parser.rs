@@ -38,10 +38,10 @@ impl Parser for DepthParser {
         // Combined streams wrap the event; raw streams send it bare. The wrapper starts with
         // `{"stream":`, which is cheaper to test than to parse twice.
         // One UTF-8 check up front lets serde borrow strings without checking each again.
-        let text = std::str::from_utf8(frame).map_err(|e| ParseError::Other(format!("frame is not UTF-8: {e}")))?;
-        if let Ok(update) = scan_frame(text) {
+        if let Ok(update) = scan_frame(frame) {
             return Ok(DepthFrame::Update(update));
         }
+        let text = std::str::from_utf8(frame).map_err(|e| ParseError::Other(format!("frame is not UTF-8: {e}")))?;
         let event: EventWire<'a> = if text.starts_with(r#"{"stream""#) {
             serde_json::from_str::<CombinedFrame<'a>>(text)?.data
         } else {
@@ -69,14 +69,14 @@ impl Parser for DepthParser {
 /// (`{"stream":..,"data":{..}}`) or raw, keys `e E s U u b a` each at most once, in any order.
 /// Anything else declines, and [`DepthParser::parse`] reads the frame with serde instead,
 /// which also gives the error for a bad one.
-fn scan_frame(text: &str) -> Scanned<DepthUpdate<'_>> {
-    let mut s = Scan::new(text);
+fn scan_frame(frame: &[u8]) -> Scanned<DepthUpdate<'_>> {
+    let mut s = Scan::from_bytes(frame);
     let update = if s.peek_is(br#"{"stream""#) {
         s.byte(b'{')?;
         s.key()?;
         s.str()?;
         s.byte(b',')?;
-        if s.key()? != "data" {
+        if s.key()? != b"data" {
             return Err(Decline);
         }
         let update = scan_event(&mut s)?;
@@ -96,31 +96,31 @@ fn scan_event<'a>(s: &mut Scan<'a>) -> Scanned<DepthUpdate<'a>> {
     s.byte(b'{')?;
     loop {
         match s.key()? {
-            "e" => {
+            b"e" => {
                 seen.mark(0)?;
                 event = Some(s.str()?);
             }
-            "E" => {
+            b"E" => {
                 seen.mark(1)?;
                 u.event_time_ms = Some(s.i64()?);
             }
-            "s" => {
+            b"s" => {
                 seen.mark(2)?;
                 symbol = Some(s.str()?);
             }
-            "U" => {
+            b"U" => {
                 seen.mark(3)?;
                 first = Some(s.u64()?);
             }
-            "u" => {
+            b"u" => {
                 seen.mark(4)?;
                 last = Some(s.u64()?);
             }
-            "b" => {
+            b"b" => {
                 seen.mark(5)?;
                 u.bids = s.levels_exact::<false>()?;
             }
-            "a" => {
+            b"a" => {
                 seen.mark(6)?;
                 u.asks = s.levels_exact::<false>()?;
             }
@@ -222,8 +222,15 @@ mod tests {
         }
         assert!(frames.len() > 2000, "{} frames", frames.len());
         for f in &frames {
-            let fast = scan_frame(f).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {f}"));
+            let fast = scan_frame(f.as_bytes()).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {f}"));
             assert_eq!(Some(DepthFrame::Update(fast)), serde_path(f).ok(), "{f}");
+        }
+        // A byte that is not UTF-8, in each string of a frame: declined, and refused by serde.
+        for at in [12, 40, 57, 60, 100] {
+            let mut bad = frames[0].clone().into_bytes();
+            bad[at] = 0xFF;
+            assert_eq!(scan_frame(&bad).err(), Some(Decline), "at {at}");
+            assert!(DepthParser.parse(&bad).is_err(), "at {at}");
         }
         // Corrupt: every cut, and each byte replaced by characters that matter to JSON.
         let (mut taken, mut declined) = (0, 0);
@@ -239,7 +246,7 @@ mod tests {
             variants.push(f.replace(r#""E":"#, r#""s":"X","E":"#));
             variants.push(format!("{f} x"));
             for v in &variants {
-                match scan_frame(v) {
+                match scan_frame(v.as_bytes()) {
                     Ok(fast) => {
                         taken += 1;
                         assert_eq!(Some(DepthFrame::Update(fast)), serde_path(v).ok(), "fast path read {v}");

@@ -94,10 +94,10 @@ impl Parser for OrderbookParser {
     type Output<'a> = BookFrame<'a>;
 
     fn parse<'a>(&self, frame: &'a [u8]) -> Result<BookFrame<'a>, ParseError> {
-        let text = utf8(frame)?;
-        if let Ok(update) = scan_book(text) {
+        if let Ok(update) = scan_book(frame) {
             return Ok(BookFrame::Update(update));
         }
+        let text = utf8(frame)?;
         let w: FrameWire<'a, BookData<'a>> = serde_json::from_str(text)?;
         if let Some(reply) = op_reply(&w) {
             return Ok(BookFrame::Reply(reply));
@@ -126,19 +126,19 @@ impl Parser for OrderbookParser {
 /// keys `topic type ts data cts` and `data` keys `s b a u seq`, each at most once, in any
 /// order. Anything else (an `op` answer, a new key, an unknown `type`) declines, and
 /// [`OrderbookParser::parse`] reads the frame with serde, which also gives the error.
-fn scan_book(text: &str) -> Scanned<BookUpdate<'_>> {
-    let mut s = Scan::new(text);
+fn scan_book(frame: &[u8]) -> Scanned<BookUpdate<'_>> {
+    let mut s = Scan::from_bytes(frame);
     let (mut topic, mut kind, mut ts, mut cts) = (None, None, None, None);
     let mut data = None;
     let mut seen = Seen::default();
     s.byte(b'{')?;
     loop {
         match s.key()? {
-            "topic" => {
+            b"topic" => {
                 seen.mark(0)?;
                 topic = Some(s.str()?);
             }
-            "type" => {
+            b"type" => {
                 seen.mark(1)?;
                 kind = Some(match s.str()? {
                     "snapshot" => UpdateKind::Snapshot,
@@ -146,15 +146,15 @@ fn scan_book(text: &str) -> Scanned<BookUpdate<'_>> {
                     _ => return Err(Decline),
                 });
             }
-            "ts" => {
+            b"ts" => {
                 seen.mark(2)?;
                 ts = Some(s.i64()?);
             }
-            "cts" => {
+            b"cts" => {
                 seen.mark(3)?;
                 cts = Some(s.i64()?);
             }
-            "data" => {
+            b"data" => {
                 seen.mark(4)?;
                 data = Some(scan_book_data(&mut s)?);
             }
@@ -180,23 +180,23 @@ fn scan_book_data<'a>(s: &mut Scan<'a>) -> Scanned<ScannedData<'a>> {
     s.byte(b'{')?;
     loop {
         match s.key()? {
-            "s" => {
+            b"s" => {
                 seen.mark(0)?;
                 symbol = Some(s.str()?);
             }
-            "b" => {
+            b"b" => {
                 seen.mark(1)?;
                 bids = s.levels_exact::<false>()?;
             }
-            "a" => {
+            b"a" => {
                 seen.mark(2)?;
                 asks = s.levels_exact::<false>()?;
             }
-            "u" => {
+            b"u" => {
                 seen.mark(3)?;
                 u = Some(s.u64()?);
             }
-            "seq" => {
+            b"seq" => {
                 seen.mark(4)?;
                 seq = Some(s.u64()?);
             }
@@ -303,7 +303,7 @@ mod tests {
         }
         assert!(frames.len() > 2000, "{} frames", frames.len());
         for f in &frames {
-            let fast = scan_book(f).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {}", &f[..f.len().min(300)]));
+            let fast = scan_book(f.as_bytes()).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {}", &f[..f.len().min(300)]));
             assert_eq!(Some(fast), serde_book(f));
         }
         let (mut taken, mut declined) = (0, 0);
@@ -320,7 +320,7 @@ mod tests {
             variants.push(f.replace(r#""cts":"#, r#""op":"subscribe","cts":"#));
             variants.push(f.replace(r#""u":"#, r#""u":1,"u":"#));
             for v in &variants {
-                match scan_book(v) {
+                match scan_book(v.as_bytes()) {
                     Ok(fast) => {
                         taken += 1;
                         assert_eq!(Some(fast), serde_book(v), "fast path read {v}");

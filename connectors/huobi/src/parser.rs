@@ -133,7 +133,7 @@ impl Parser for HuobiParser {
     type Output<'a> = HuobiFrame<'a>;
 
     fn parse<'a>(&self, frame: &'a [u8]) -> Result<HuobiFrame<'a>, ParseError> {
-        if let Some(push) = std::str::from_utf8(frame).ok().and_then(|text| scan_mbp(text).ok()) {
+        if let Ok(push) = scan_mbp(frame) {
             return Ok(push);
         }
         parse_serde(frame)
@@ -199,14 +199,14 @@ fn parse_serde(frame: &[u8]) -> Result<HuobiFrame<'_>, ParseError> {
 /// `ch` before `tick`, each key at most once. Anything else
 /// (pings, acks, replies, other channels, a new key) declines, and [`HuobiParser::parse`]
 /// reads the frame with serde, which also gives the error.
-fn scan_mbp(text: &str) -> Scanned<HuobiFrame<'_>> {
-    let mut s = Scan::new(text);
+fn scan_mbp(frame: &[u8]) -> Scanned<HuobiFrame<'_>> {
+    let mut s = Scan::from_bytes(frame);
     let (mut topic, mut ts, mut tick) = (None, None, None);
     let mut seen = Seen::default();
     s.byte(b'{')?;
     loop {
         match s.key()? {
-            "ch" => {
+            b"ch" => {
                 seen.mark(0)?;
                 let t = Topic::parse(s.str()?).ok_or(Decline)?;
                 if !matches!(t.channel, Channel::Mbp(_) | Channel::MbpRefresh(_) | Channel::DepthStep0) {
@@ -214,12 +214,12 @@ fn scan_mbp(text: &str) -> Scanned<HuobiFrame<'_>> {
                 }
                 topic = Some(t);
             }
-            "ts" => {
+            b"ts" => {
                 seen.mark(1)?;
                 ts = Some(s.i64()?);
             }
             // The channel must be known when the payload comes.
-            "tick" => {
+            b"tick" => {
                 seen.mark(2)?;
                 tick = Some(match topic.map(|t: Topic<'_>| t.channel) {
                     Some(Channel::DepthStep0) => Tick::Depth(scan_depth_tick(&mut s)?),
@@ -247,19 +247,19 @@ fn scan_mbp_tick(s: &mut Scan<'_>) -> Scanned<MbpTick> {
     s.byte(b'{')?;
     loop {
         match s.key()? {
-            "seqNum" => {
+            b"seqNum" => {
                 seen.mark(0)?;
                 seq_num = Some(s.u64()?);
             }
-            "prevSeqNum" => {
+            b"prevSeqNum" => {
                 seen.mark(1)?;
                 prev_seq_num = Some(s.u64()?);
             }
-            "bids" => {
+            b"bids" => {
                 seen.mark(2)?;
                 bids = Levels(s.levels_exact::<true>()?);
             }
-            "asks" => {
+            b"asks" => {
                 seen.mark(3)?;
                 asks = Levels(s.levels_exact::<true>()?);
             }
@@ -280,19 +280,19 @@ fn scan_depth_tick(s: &mut Scan<'_>) -> Scanned<DepthTick> {
     s.byte(b'{')?;
     loop {
         match s.key()? {
-            "version" => {
+            b"version" => {
                 seen.mark(0)?;
                 version = Some(s.u64()?);
             }
-            "ts" => {
+            b"ts" => {
                 seen.mark(1)?;
                 ts = Some(s.i64()?);
             }
-            "bids" => {
+            b"bids" => {
                 seen.mark(2)?;
                 bids = Levels(s.levels_exact::<true>()?);
             }
-            "asks" => {
+            b"asks" => {
                 seen.mark(3)?;
                 asks = Levels(s.levels_exact::<true>()?);
             }
@@ -642,12 +642,12 @@ mod tests {
         assert!(reshaped.len() > 250, "{} books", reshaped.len());
         let step0: Vec<String> = books.lines().map(String::from).collect();
         for f in frames.iter().chain(&reshaped).chain(&step0) {
-            let fast = scan_mbp(f).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {f}"));
+            let fast = scan_mbp(f.as_bytes()).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {f}"));
             assert_eq!(Some(fast), parse_serde(f.as_bytes()).ok(), "{f}");
         }
         // Declined, not misread: the other kinds of frame.
         for other in [r#"{"ping":1690948843215}"#, r#"{"id":"1","status":"ok","subbed":"market.btcusdt.mbp.150","ts":1}"#, r#"{"ch":"market.x.trade.detail","ts":1,"tick":{"id":1,"ts":1,"data":[]}}"#] {
-            assert_eq!(scan_mbp(other).err(), Some(Decline), "{other}");
+            assert_eq!(scan_mbp(other.as_bytes()).err(), Some(Decline), "{other}");
         }
         let (mut taken, mut declined) = (0, 0);
         for f in frames.iter().chain(step0.iter().filter(|f| f.len() < 1500).take(3)) {
@@ -661,7 +661,7 @@ mod tests {
             }
             variants.push(f.replace(r#""seqNum":"#, r#""seqNum":1,"seqNum":"#));
             for v in &variants {
-                match scan_mbp(v) {
+                match scan_mbp(v.as_bytes()) {
                     Ok(fast) => {
                         taken += 1;
                         assert_eq!(Some(fast), parse_serde(v.as_bytes()).ok(), "fast path read {v}");

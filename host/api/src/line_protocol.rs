@@ -240,7 +240,7 @@ impl<const N: usize> Block<N> {
 /// The end of every line of a packet: the shared integer fields, then ` <ns>\n`, where `ns`
 /// goes up by one per line. The digits are formatted once and then counted up in place.
 struct Tail {
-    block: Block<192>,
+    block: Block<128>,
     /// Length of the shared fields; the timestamp starts after them.
     shared: usize,
     ns: i64,
@@ -467,7 +467,7 @@ mod tests {
     #[test]
     fn timestamps_count_up_across_digit_rollovers() {
         for start in [0i64, 7, 98, 999, 1_999_999_999_999_999_998, -3] {
-            for shared in [&b",a=1i"[..], &[b'x'; 190][..]] {
+            for shared in [&b",a=1i"[..], &[b'x'; 126][..]] {
                 let mut tail = Tail::new(shared, start);
                 for k in 0..1_500 {
                     assert_eq!(tail.line_end(), format!(" {}\n", start + k).as_bytes(), "from {start}, +{k}");

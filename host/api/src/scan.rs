@@ -25,16 +25,20 @@ pub type Scanned<T> = Result<T, Decline>;
 /// A cursor over one frame's bytes.
 #[derive(Debug)]
 pub struct Scan<'a> {
-    text: &'a str,
     b: &'a [u8],
     i: usize,
 }
 
 impl<'a> Scan<'a> {
-    /// The text must be valid UTF-8 (a `&str`): string slices are handed out without checking
-    /// again.
     pub fn new(text: &'a str) -> Self {
-        Scan { text, b: text.as_bytes(), i: 0 }
+        Scan::from_bytes(text.as_bytes())
+    }
+
+    /// A frame not yet known to be UTF-8: the fast path never needs the whole frame checked.
+    /// Keys are compared as bytes with ASCII names, numbers are ASCII by their check, and the
+    /// few strings handed out ([`Self::str`]) are checked on their own.
+    pub fn from_bytes(frame: &'a [u8]) -> Self {
+        Scan { b: frame, i: 0 }
     }
 
     #[inline]
@@ -97,6 +101,12 @@ impl<'a> Scan<'a> {
     /// A string without escapes or control characters, as a slice of the frame.
     #[inline]
     pub fn str(&mut self) -> Scanned<&'a str> {
+        std::str::from_utf8(self.raw_str()?).map_err(|_| Decline)
+    }
+
+    /// The bytes between the quotes of a string without escapes or control characters.
+    #[inline]
+    fn raw_str(&mut self) -> Scanned<&'a [u8]> {
         self.byte(b'"')?;
         let start = self.i;
         let len = self.b[start..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).ok_or(Decline)?;
@@ -104,15 +114,14 @@ impl<'a> Scan<'a> {
             return Err(Decline);
         }
         self.i = start + len + 1;
-        // A `"` is never inside a multi-byte character, so both ends are character boundaries
-        // of the frame's text (and `get` checks it rather than trusting it).
-        self.text.get(start..start + len).ok_or(Decline)
+        Ok(&self.b[start..start + len])
     }
 
-    /// An object key and its `:`.
+    /// An object key and its `:`, as bytes to match against the names of a shape (`b"u"`);
+    /// a key that is not valid UTF-8 matches none of them and so declines.
     #[inline]
-    pub fn key(&mut self) -> Scanned<&'a str> {
-        let k = self.str()?;
+    pub fn key(&mut self) -> Scanned<&'a [u8]> {
+        let k = self.raw_str()?;
         self.byte(b':')?;
         Ok(k)
     }
@@ -128,10 +137,13 @@ impl<'a> Scan<'a> {
         if matches!(self.b.get(self.i + digits), Some(b'.' | b'e' | b'E')) {
             return Err(Decline);
         }
-        let mut v: u64 = 0;
-        for &c in &self.b[self.i..self.i + digits] {
-            v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(c - b'0'))).ok_or(Decline)?;
-        }
+        let text = &self.b[self.i..self.i + digits];
+        let v = if digits <= 19 {
+            // Cannot overflow: 19 digits < 10^19 < 2^64.
+            text.iter().fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'))
+        } else {
+            text.iter().try_fold(0u64, |v, &c| v.checked_mul(10)?.checked_add(u64::from(c - b'0'))).ok_or(Decline)?
+        };
         self.i += digits;
         Ok(v)
     }
@@ -209,8 +221,8 @@ impl<'a> Scan<'a> {
         }
         // Anything else (an exponent, a sign, or not a number): the general rule decides.
         self.i = start - 1;
-        let text = self.str()?;
-        if decimal::is_decimal(text.as_bytes()) {
+        let text = self.raw_str()?;
+        if decimal::is_decimal(text) {
             Ok((start, text.len()))
         } else {
             Err(Decline)
@@ -225,6 +237,9 @@ impl<'a> Scan<'a> {
         self.ws();
         if self.b.get(self.i) == Some(&b']') {
             self.i += 1;
+            return Ok(());
+        }
+        if !NUMBERS && self.compact_str_levels(out) {
             return Ok(());
         }
         loop {
@@ -244,6 +259,43 @@ impl<'a> Scan<'a> {
                 return Ok(());
             }
         }
+    }
+
+    /// The levels as Binance and Bybit write them, `["p","s"],["p","s"]]` with no whitespace
+    /// and plain decimals: each level is matched as one pattern (three fixed separators and
+    /// two 16-byte decimal checks) instead of token by token. True when the array is read to
+    /// its `]`; false where the pattern stops matching, with the cursor at the start of that
+    /// level, so the general loop goes on from there (and decides what the bytes are).
+    #[inline(always)]
+    fn compact_str_levels(&mut self, out: &mut Vec<Level>) -> bool {
+        let b = self.b;
+        let mut i = self.i;
+        loop {
+            let level_start = i;
+            let Some(p_len) = pattern_at(b, i, b"[\"").and_then(|p| b.get(p..p + 16)).and_then(plain_decimal_len) else { break };
+            let p = i + 2;
+            let Some(s_len) = pattern_at(b, p + p_len, b"\",\"").and_then(|s| b.get(s..s + 16)).and_then(plain_decimal_len) else { break };
+            let s = p + p_len + 3;
+            let Some(after) = pattern_at(b, s + s_len, b"\"]") else { break };
+            let last = match b.get(after) {
+                Some(b',') => false,
+                Some(b']') => true,
+                _ => break,
+            };
+            out.push(Level { price: Decimal::ZERO, size: Decimal::ZERO });
+            if let Some(level) = out.last_mut() {
+                level.price.set_checked_in(b, p, p_len);
+                level.size.set_checked_in(b, s, s_len);
+            }
+            i = after + 1;
+            if last {
+                self.i = i;
+                return true;
+            }
+            debug_assert!(level_start < i);
+        }
+        self.i = i;
+        false
     }
 
     /// [`Self::levels`] into a vector of exactly their number. JSON gives no count up front,
@@ -272,11 +324,20 @@ impl<'a> Scan<'a> {
                 all.shrink_to_fit();
                 all
             } else {
-                scratch.drain(..).collect()
+                // One bulk copy (a `collect` from `drain` moved the levels one by one).
+                let mut exact = Vec::with_capacity(scratch.len());
+                exact.append(&mut scratch);
+                exact
             };
             read.map(|()| out)
         })
     }
+}
+
+/// The index after `pattern` when the frame holds it at `at`.
+#[inline(always)]
+fn pattern_at(b: &[u8], at: usize, pattern: &[u8]) -> Option<usize> {
+    (b.get(at..at + pattern.len())? == pattern).then_some(at + pattern.len())
 }
 
 /// SWAR over a 16-byte window starting right after an opening quote: when the window holds a
@@ -302,8 +363,10 @@ fn plain_decimal_len(window: &[u8]) -> Option<usize> {
     // High bit set where a byte is not an ASCII digit.
     let not_digit = ((((y & !HIGH) + ONES * 0x76) | y) & HIGH) & before;
     let dots = equal(b'.') & before;
-    let n_dots = dots.count_ones() as usize;
-    (not_digit & !dots == 0 && n_dots <= 1 && len > n_dots).then_some(len)
+    // At most one dot (one bit at most: no popcount, which the baseline x86-64 target lacks),
+    // and at least one digit.
+    let one_dot_at_most = dots & dots.wrapping_sub(1) == 0;
+    (not_digit & !dots == 0 && one_dot_at_most && len > usize::from(dots != 0)).then_some(len)
 }
 
 fn digits(b: &[u8], from: usize) -> usize {
@@ -429,6 +492,22 @@ mod tests {
         assert!(out.is_empty());
         for bad in ["[[1,2,3]]", "[[1]]", "[[1,2],]", "[[1,2]", r#"[["1","2"]]"#] {
             assert_eq!(Scan::new(bad).levels::<true>(&mut out), Err(Decline), "{bad}");
+        }
+    }
+
+    #[test]
+    fn compact_levels_hand_over_to_the_general_loop_mid_array() {
+        // Level 2 has a space, level 3 an exponent: the compact pattern stops there and the
+        // general loop reads the rest; the result is the same as reading it all generally.
+        let text = r#"[["1.5","2"],["3", "4"],["5","1E-8"],["6","7"]]"#;
+        let mut out = Vec::new();
+        let mut sc = Scan::new(text);
+        sc.levels::<false>(&mut out).unwrap();
+        sc.end().unwrap();
+        let got: Vec<_> = out.iter().map(|l| (l.price.as_str(), l.size.as_str())).collect();
+        assert_eq!(got, [("1.5", "2"), ("3", "4"), ("5", "1E-8"), ("6", "7")]);
+        for bad in [r#"[["1","2"],]"#, r#"[["1","2"]"#, r#"[["1","2"],["x","1"]]"#, r#"[["1","2""#] {
+            assert_eq!(Scan::new(bad).levels::<false>(&mut out), Err(Decline), "{bad}");
         }
     }
 
