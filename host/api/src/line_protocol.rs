@@ -152,27 +152,69 @@ impl<const N: usize> Put for Block<N> {
 /// price, `,qty=`, the size, and the tail (the shared fields and the timestamp, whose digits
 /// are counted up in place). Each is copied as a fixed-size [`Block`], which the compiler
 /// turns into a few vector moves instead of a `memcpy` call per part.
-fn levels(out: &mut Vec<u8>, measurement: &str, inst: &Instrument, bids: &[Level], asks: &[Level], shared: &[u8], ts: i64) -> usize {
+fn levels(out: &mut Vec<u8>, measurement: &'static str, inst: &Instrument, bids: &[Level], asks: &[Level], shared: &[u8], ts: i64) -> usize {
     let mut tail = Tail::new(shared, ts);
     for (side, levels) in [(Side::Bid, bids), (Side::Ask, asks)] {
         if levels.is_empty() {
             continue;
         }
+        with_head(measurement, inst, side, |head| {
+            // About the exact size: one reservation per side instead of growth per line.
+            out.reserve(levels.len() * (head.len() + tail.block.len() + 2 * INLINE_TEXT + 8));
+            for level in levels {
+                head.append_to(out);
+                level.price.append_to(out);
+                out.extend_from_slice(b",qty=");
+                level.size.append_to(out);
+                tail.block.append_to(out);
+                tail.advance();
+            }
+        });
+    }
+    bids.len() + asks.len()
+}
+
+/// The head of a book's lines, `<measurement>,<tags>,side=<side> price=`, from a small
+/// per-thread cache: it is the same for every packet of a book side, and formatting it (tags
+/// escaped) cost as much as a few lines. Direct-mapped by the symbol's allocation; an entry
+/// holds a clone of the symbol's `Arc`, so an address cannot be reused for another symbol
+/// while it is cached, and every field is compared on a hit anyway.
+fn with_head<R>(measurement: &'static str, inst: &Instrument, side: Side, f: impl FnOnce(&Block<128>) -> R) -> R {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+    struct Head {
+        measurement: &'static str,
+        exchange: &'static str,
+        market: &'static str,
+        symbol: Arc<str>,
+        side: Side,
+        head: Block<128>,
+    }
+    const SLOTS: usize = 256;
+    thread_local! {
+        static HEADS: RefCell<Vec<Option<Head>>> = RefCell::new((0..SLOTS).map(|_| None).collect());
+    }
+    let build = || {
         let mut head = Block::<128>::default();
         series(&mut head, measurement, inst, Some(side.as_str()));
         head.push(b" price=");
-        // About the exact size: one reservation per side instead of growth per line.
-        out.reserve(levels.len() * (head.len() + tail.block.len() + 2 * INLINE_TEXT + 8));
-        for level in levels {
-            head.append_to(out);
-            level.price.append_to(out);
-            out.extend_from_slice(b",qty=");
-            level.size.append_to(out);
-            tail.block.append_to(out);
-            tail.advance();
+        head
+    };
+    HEADS.with(|cell| {
+        let Ok(mut slots) = cell.try_borrow_mut() else { return f(&build()) };
+        let addr = Arc::as_ptr(&inst.symbol).cast::<u8>() as usize;
+        let slot = &mut slots[(addr / 16 + side as usize + measurement.len()) % SLOTS];
+        let hit = slot.as_ref().is_some_and(|h| {
+            Arc::ptr_eq(&h.symbol, &inst.symbol) && h.side == side && h.measurement == measurement && h.exchange == inst.exchange && h.market == inst.market
+        });
+        if !hit {
+            *slot = Some(Head { measurement, exchange: inst.exchange, market: inst.market, symbol: inst.symbol.clone(), side, head: build() });
         }
-    }
-    bids.len() + asks.len()
+        match slot {
+            Some(h) => f(&h.head),
+            None => f(&build()),
+        }
+    })
 }
 
 /// The longest price or size text copied as a fixed block ([`crate::decimal::INLINE`]).
@@ -495,6 +537,37 @@ mod tests {
              book_snapshot,exchange=binance,market=spot,side=ask,symbol=BTCUSDT price=4,qty=1E-8,snapshot_id=77i,prev_id=76i,event_ts=5i 11\n"
         );
         assert_eq!(p.point_count(), 3);
+    }
+
+    /// More books than the head cache has slots, in turns, with sides and both measurements:
+    /// every line still names its own series.
+    #[test]
+    fn cached_heads_never_mix_books() {
+        let books: Vec<Instrument> = (0..600).map(|i| Instrument { exchange: if i % 2 == 0 { "binance" } else { "bybit" }, market: "spot", symbol: Arc::from(format!("S{i}")) }).collect();
+        for round in 0..3 {
+            for (i, inst) in books.iter().enumerate() {
+                let mi = DataPacket::MI(MarketIncremental {
+                    instrument: inst.clone(),
+                    first_update_id: 1,
+                    last_update_id: 1,
+                    prev_update_id: None,
+                    event_time_ms: None,
+                    recv_time_ns: 7,
+                    bids: vec![lvl("1", "2")],
+                    asks: vec![lvl("3", "4")],
+                });
+                let want = format!(
+                    "book_delta,exchange={e},market=spot,side=bid,symbol=S{i} price=1,qty=2,first_id=1i,last_id=1i 7\n\
+                     book_delta,exchange={e},market=spot,side=ask,symbol=S{i} price=3,qty=4,first_id=1i,last_id=1i 8\n",
+                    e = inst.exchange
+                );
+                assert_eq!(encode(&mi), want, "round {round}, book {i}");
+                if i % 7 == 0 {
+                    let st = DataPacket::ST(Snapshot { instrument: inst.clone(), cur_seq: 2, prev_seq: None, timestamp: None, recv_time_ns: 9, bids: vec![lvl("5", "6")], asks: vec![] });
+                    assert_eq!(encode(&st), format!("book_snapshot,exchange={},market=spot,side=bid,symbol=S{i} price=5,qty=6,snapshot_id=2i 9\n", inst.exchange));
+                }
+            }
+        }
     }
 
     #[test]

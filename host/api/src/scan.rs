@@ -109,10 +109,7 @@ impl<'a> Scan<'a> {
     fn raw_str(&mut self) -> Scanned<&'a [u8]> {
         self.byte(b'"')?;
         let start = self.i;
-        let len = self.b[start..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).ok_or(Decline)?;
-        if self.b[start + len] != b'"' {
-            return Err(Decline);
-        }
+        let len = plain_str_len(&self.b[start..]).ok_or(Decline)?;
         self.i = start + len + 1;
         Ok(&self.b[start..start + len])
     }
@@ -130,21 +127,26 @@ impl<'a> Scan<'a> {
     #[inline]
     pub fn u64(&mut self) -> Scanned<u64> {
         self.ws();
-        let digits = self.b[self.i..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 || (digits > 1 && self.b[self.i] == b'0') || digits > 20 {
+        let b = self.b;
+        let start = self.i;
+        let (mut i, mut v) = (start, 0u64);
+        // Digits and value in one pass; wrapping is harmless up to 19 digits (< 2^64), and a
+        // 20-digit number is checked again below.
+        while let Some(d) = b.get(i).map(|c| c.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+            v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || (digits > 1 && b[start] == b'0') || digits > 20 {
             return Err(Decline);
         }
-        if matches!(self.b.get(self.i + digits), Some(b'.' | b'e' | b'E')) {
+        if matches!(b.get(i), Some(b'.' | b'e' | b'E')) {
             return Err(Decline);
         }
-        let text = &self.b[self.i..self.i + digits];
-        let v = if digits <= 19 {
-            // Cannot overflow: 19 digits < 10^19 < 2^64.
-            text.iter().fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'))
-        } else {
-            text.iter().try_fold(0u64, |v, &c| v.checked_mul(10)?.checked_add(u64::from(c - b'0'))).ok_or(Decline)?
-        };
-        self.i += digits;
+        if digits == 20 {
+            v = b[start..i].iter().try_fold(0u64, |v, &c| v.checked_mul(10)?.checked_add(u64::from(c - b'0'))).ok_or(Decline)?;
+        }
+        self.i = i;
         Ok(v)
     }
 
@@ -340,29 +342,62 @@ fn pattern_at(b: &[u8], at: usize, pattern: &[u8]) -> Option<usize> {
     (b.get(at..at + pattern.len())? == pattern).then_some(at + pattern.len())
 }
 
+const ONES: u128 = u128::MAX / 255;
+const HIGH: u128 = ONES * 0x80;
+
+/// The high bit of each byte of `x` that equals `c`, exactly (no carry between bytes).
+#[inline(always)]
+fn bytes_equal(x: u128, c: u8) -> u128 {
+    let m = x ^ (ONES * u128::from(c));
+    !(((m & !HIGH) + !HIGH) | m) & HIGH
+}
+
+/// High bits of the bytes before byte `len`.
+#[inline(always)]
+fn bytes_before(len: usize) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        HIGH & (u128::MAX >> (128 - 8 * len))
+    }
+}
+
+/// The length of the string that starts at `rest` (right after its opening quote) when its
+/// closing quote comes before any backslash or control character; 16 bytes at a time.
+#[inline(always)]
+fn plain_str_len(rest: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(window) = rest.get(at..at + 16) {
+        let x = u128::from_le_bytes(window.try_into().ok()?);
+        // High bit set where a byte is below 0x20 (no carry: at most 0x7f + 0x60).
+        let control = !((((x & !HIGH) + ONES * 0x60) | x) & HIGH) & HIGH;
+        let stop = bytes_equal(x, b'"') | bytes_equal(x, b'\\') | control;
+        if stop != 0 {
+            let k = at + (stop.trailing_zeros() / 8) as usize;
+            return (rest[k] == b'"').then_some(k);
+        }
+        at += 16;
+    }
+    let k = at + rest[at..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    (rest[k] == b'"').then_some(k)
+}
+
 /// SWAR over a 16-byte window starting right after an opening quote: when the window holds a
 /// closing quote and every byte before it is a digit or a dot (at most one dot, at least one
 /// digit), the text's length; `None` sends the string to the general check.
 #[inline(always)]
 fn plain_decimal_len(window: &[u8]) -> Option<usize> {
-    const ONES: u128 = u128::MAX / 255;
-    const HIGH: u128 = ONES * 0x80;
     let x = u128::from_le_bytes(window.try_into().ok()?);
-    // The high bit of each byte that equals `c`, exactly (no carry between bytes).
-    let equal = |c: u8| {
-        let m = x ^ (ONES * u128::from(c));
-        !(((m & !HIGH) + !HIGH) | m) & HIGH
-    };
-    let quotes = equal(b'"');
+    let quotes = bytes_equal(x, b'"');
     if quotes == 0 {
         return None;
     }
     let len = (quotes.trailing_zeros() / 8) as usize;
-    let before = if len == 0 { 0 } else { HIGH & (u128::MAX >> (128 - 8 * len)) };
+    let before = bytes_before(len);
     let y = x ^ (ONES * u128::from(b'0'));
     // High bit set where a byte is not an ASCII digit.
     let not_digit = ((((y & !HIGH) + ONES * 0x76) | y) & HIGH) & before;
-    let dots = equal(b'.') & before;
+    let dots = bytes_equal(x, b'.') & before;
     // At most one dot (one bit at most: no popcount, which the baseline x86-64 target lacks),
     // and at least one digit.
     let one_dot_at_most = dots & dots.wrapping_sub(1) == 0;
@@ -460,6 +495,40 @@ mod tests {
             }
         }
         assert!(checked > 400_000);
+    }
+
+    #[test]
+    fn long_strings_are_read_16_bytes_at_a_time_and_in_the_tail() {
+        for len in 0..70 {
+            let body = "x".repeat(len);
+            assert_eq!(Scan::new(&format!("\"{body}\"")).str(), Ok(body.as_str()), "{len}");
+            assert_eq!(Scan::new(&format!("\"{body}\\n\"")).str(), Err(Decline), "{len}");
+            assert_eq!(Scan::new(&format!("\"{body}")).str(), Err(Decline), "{len}");
+        }
+    }
+
+    #[test]
+    fn swar_string_window_matches_the_byte_rule() {
+        let alphabet = [b'a', b'"', b'\\', 0x1f, 0x20, 0x7f, 0x80, 0xff, b'0'];
+        let rule = |w: &[u8]| {
+            let len = w.iter().position(|&c| c == b'"')?;
+            w[..len].iter().all(|&c| c != b'\\' && c >= 0x20).then_some(len)
+        };
+        for n in 1..=5u32 {
+            for code in 0..alphabet.len().pow(n) {
+                let mut word = Vec::new();
+                let mut c = code;
+                for _ in 0..n {
+                    word.push(alphabet[c % alphabet.len()]);
+                    c /= alphabet.len();
+                }
+                for offset in [0usize, 7, 16 - n as usize] {
+                    let mut w = [b'x'; 16];
+                    w[offset..offset + word.len()].copy_from_slice(&word);
+                    assert_eq!(plain_str_len(&w), rule(&w), "{w:?}");
+                }
+            }
+        }
     }
 
     #[test]
