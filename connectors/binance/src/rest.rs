@@ -33,7 +33,17 @@ pub struct WeightBudget {
     /// No request before this instant (a `Retry-After`). A plain mutex, never held across an
     /// await, so the retry loop can set it without waiting.
     paused_until: StdMutex<Option<Instant>>,
+    /// Snapshot requests in flight to this host at most ([`MAX_SNAPSHOTS_IN_FLIGHT`]).
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// Snapshot requests in flight to one REST host at most. At Binance's weight limit this never
+/// binds (about one 1,000-level snapshot a second); it bounds the start-up burst where the
+/// budget allows many at once (a raised `rest_weight_per_minute`, small `snapshot_limit`s, a
+/// mock): 3,500 books asking together held 3,500 bodies and then 3,500 snapshot packets in
+/// memory at once, which set the process's peak RSS in `ds-load` (issue 8). Queued requests
+/// cost a task each, no body.
+pub const MAX_SNAPSHOTS_IN_FLIGHT: usize = 16;
 
 /// The process-wide budgets, by REST host (see [`host_key`]). Weak, so a budget lives as long
 /// as a feed uses it.
@@ -51,7 +61,12 @@ pub fn host_key(rest_url: &str) -> String {
 impl WeightBudget {
     /// A budget of its own (not shared); see [`WeightBudget::for_host`].
     pub fn new(per_minute: u32) -> Self {
-        WeightBudget { per_minute: AtomicU32::new(per_minute), window: Mutex::new((Instant::now(), 0)), paused_until: StdMutex::new(None) }
+        WeightBudget {
+            per_minute: AtomicU32::new(per_minute),
+            window: Mutex::new((Instant::now(), 0)),
+            paused_until: StdMutex::new(None),
+            in_flight: tokio::sync::Semaphore::new(MAX_SNAPSHOTS_IN_FLIGHT),
+        }
     }
 
     /// The budget shared by every feed of this process that uses the REST host of `rest_url`
@@ -176,6 +191,8 @@ impl BinanceRest {
     /// capture records so a replay resyncs exactly like the live run.
     pub async fn depth_snapshot_body(&self, symbol: &str, shutdown: &Shutdown) -> Result<(String, String), SnapshotError> {
         let url = format!("{}/api/v3/depth?symbol={}&limit={}", self.base, symbol, self.limit);
+        // Never closed, so the permit always comes; held until the body is read.
+        let _permit = self.budget.in_flight.acquire().await.ok();
         let pacer = Paced { budget: &self.budget, weight: depth_weight(self.limit) };
         let body = http::get_text_paced(&self.client, &url, shutdown, &pacer).await.map_err(SnapshotError::Http)?;
         Ok((url, body))
@@ -269,6 +286,58 @@ mod tests {
         let t1 = Instant::now();
         b.acquire(50).await;
         assert!(t1.elapsed() < Duration::from_millis(10), "pause over");
+    }
+
+    /// A REST server on 127.0.0.1 that holds each snapshot request 50 ms and records how many
+    /// it held at once: 60 books asking together never have more than
+    /// [`MAX_SNAPSHOTS_IN_FLIGHT`] requests open, and every one is answered.
+    #[tokio::test]
+    async fn snapshot_requests_in_flight_are_capped_per_host() {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (now2, peak2) = (now.clone(), peak.clone());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (now, peak) = (now2.clone(), peak2.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let open = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(open, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        now.fetch_sub(1, Ordering::SeqCst);
+                        let body = r#"{"lastUpdateId":7,"bids":[["1.0","2.0"]],"asks":[]}"#;
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+                        if conn.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let rest = BinanceRest::new(&format!("http://{addr}"), 1000, 1_000_000);
+        let (_trigger, shutdown) = ds_api::shutdown_pair();
+        let asks = (0..60).map(|i| {
+            let (rest, shutdown) = (rest.clone(), shutdown.clone());
+            tokio::spawn(async move { rest.depth_snapshot(&format!("S{i}"), &shutdown).await })
+        });
+        for ask in asks.collect::<Vec<_>>() {
+            assert_eq!(ask.await.unwrap().unwrap().last_update_id, 7);
+        }
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(peak <= MAX_SNAPSHOTS_IN_FLIGHT, "{peak} requests in flight at once");
+        assert!(peak >= MAX_SNAPSHOTS_IN_FLIGHT / 2, "requests still go in parallel: peak {peak}");
     }
 
     #[test]
