@@ -1,7 +1,7 @@
 //! `DepthParser`: one websocket frame -> [`DepthFrame`]. Pure and per frame, so it is what the
 //! benchmark measures together with the sync step and the line-protocol encoding.
 
-use ds_api::scan::{Decline, Scan, Scanned, Seen};
+use ds_api::scan::{Decline, Scan, Scanned};
 use ds_api::traits::Parser;
 use ds_api::{Level, ParseError};
 
@@ -92,44 +92,39 @@ fn scan_frame(frame: &[u8]) -> Scanned<DepthUpdate<'_>> {
 fn scan_event<'a>(s: &mut Scan<'a>) -> Scanned<DepthUpdate<'a>> {
     let (mut event, mut symbol, mut first, mut last) = (None, None, None, None);
     let mut u = DepthUpdate { symbol: "", event_time_ms: None, first_update_id: 0, final_update_id: 0, bids: Vec::new(), asks: Vec::new() };
-    let mut seen = Seen::default();
-    s.byte(b'{')?;
-    loop {
-        match s.key()? {
+    s.object(|s, key| {
+        Ok(match key {
             b"e" => {
-                seen.mark(0)?;
                 event = Some(s.str()?);
+                0
             }
             b"E" => {
-                seen.mark(1)?;
                 u.event_time_ms = Some(s.i64()?);
+                1
             }
             b"s" => {
-                seen.mark(2)?;
                 symbol = Some(s.str()?);
+                2
             }
             b"U" => {
-                seen.mark(3)?;
                 first = Some(s.u64()?);
+                3
             }
             b"u" => {
-                seen.mark(4)?;
                 last = Some(s.u64()?);
+                4
             }
             b"b" => {
-                seen.mark(5)?;
                 u.bids = s.levels_exact::<false>()?;
+                5
             }
             b"a" => {
-                seen.mark(6)?;
                 u.asks = s.levels_exact::<false>()?;
+                6
             }
             _ => return Err(Decline),
-        }
-        if !s.more(b'}')? {
-            break;
-        }
-    }
+        })
+    })?;
     match (event, symbol, first, last) {
         (Some("depthUpdate"), Some(symbol), Some(first), Some(last)) => {
             u.symbol = symbol;

@@ -2,7 +2,7 @@
 //! Pure and per frame, so the benchmark measures them together with the sync step and the
 //! line-protocol encoding.
 
-use ds_api::scan::{Decline, Scan, Scanned, Seen};
+use ds_api::scan::{Decline, Scan, Scanned};
 use ds_api::traits::Parser;
 use ds_api::{Decimal, Level, ParseError, Side};
 
@@ -130,40 +130,35 @@ fn scan_book(frame: &[u8]) -> Scanned<BookUpdate<'_>> {
     let mut s = Scan::from_bytes(frame);
     let (mut topic, mut kind, mut ts, mut cts) = (None, None, None, None);
     let mut data = None;
-    let mut seen = Seen::default();
-    s.byte(b'{')?;
-    loop {
-        match s.key()? {
+    s.object(|s, key| {
+        Ok(match key {
             b"topic" => {
-                seen.mark(0)?;
                 topic = Some(s.str()?);
+                0
             }
             b"type" => {
-                seen.mark(1)?;
                 kind = Some(match s.str()? {
                     "snapshot" => UpdateKind::Snapshot,
                     "delta" => UpdateKind::Delta,
                     _ => return Err(Decline),
                 });
+                1
             }
             b"ts" => {
-                seen.mark(2)?;
                 ts = Some(s.i64()?);
+                2
             }
             b"cts" => {
-                seen.mark(3)?;
                 cts = Some(s.i64()?);
+                3
             }
             b"data" => {
-                seen.mark(4)?;
-                data = Some(scan_book_data(&mut s)?);
+                data = Some(scan_book_data(s)?);
+                4
             }
             _ => return Err(Decline),
-        }
-        if !s.more(b'}')? {
-            break;
-        }
-    }
+        })
+    })?;
     s.end()?;
     let (Some(topic), Some(kind), Some((symbol, update_id, cross_seq, bids, asks))) = (topic, kind, data) else {
         return Err(Decline);
@@ -176,36 +171,31 @@ type ScannedData<'a> = (&'a str, u64, Option<u64>, Vec<Level>, Vec<Level>);
 fn scan_book_data<'a>(s: &mut Scan<'a>) -> Scanned<ScannedData<'a>> {
     let (mut symbol, mut u, mut seq) = (None, None, None);
     let (mut bids, mut asks) = (Vec::new(), Vec::new());
-    let mut seen = Seen::default();
-    s.byte(b'{')?;
-    loop {
-        match s.key()? {
+    s.object(|s, key| {
+        Ok(match key {
             b"s" => {
-                seen.mark(0)?;
                 symbol = Some(s.str()?);
+                0
             }
             b"b" => {
-                seen.mark(1)?;
                 bids = s.levels_exact::<false>()?;
+                1
             }
             b"a" => {
-                seen.mark(2)?;
                 asks = s.levels_exact::<false>()?;
+                2
             }
             b"u" => {
-                seen.mark(3)?;
                 u = Some(s.u64()?);
+                3
             }
             b"seq" => {
-                seen.mark(4)?;
                 seq = Some(s.u64()?);
+                4
             }
             _ => return Err(Decline),
-        }
-        if !s.more(b'}')? {
-            break;
-        }
-    }
+        })
+    })?;
     match (symbol, u) {
         (Some(symbol), Some(u)) => Ok((symbol, u, seq, bids, asks)),
         _ => Err(Decline),

@@ -13,7 +13,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use ds_api::scan::{Decline, Scan, Scanned, Seen};
+use ds_api::scan::{Decline, Scan, Scanned};
 use ds_api::traits::Parser;
 use ds_api::ParseError;
 
@@ -202,37 +202,29 @@ fn parse_serde(frame: &[u8]) -> Result<HuobiFrame<'_>, ParseError> {
 fn scan_mbp(frame: &[u8]) -> Scanned<HuobiFrame<'_>> {
     let mut s = Scan::from_bytes(frame);
     let (mut topic, mut ts, mut tick) = (None, None, None);
-    let mut seen = Seen::default();
-    s.byte(b'{')?;
-    loop {
-        match s.key()? {
+    s.object(|s, key| {
+        Ok(match key {
             b"ch" => {
-                seen.mark(0)?;
                 let t = Topic::parse(s.str()?).ok_or(Decline)?;
                 if !matches!(t.channel, Channel::Mbp(_) | Channel::MbpRefresh(_) | Channel::DepthStep0) {
                     return Err(Decline);
                 }
                 topic = Some(t);
+                0
             }
             b"ts" => {
-                seen.mark(1)?;
                 ts = Some(s.i64()?);
+                1
             }
             // The channel must be known when the payload comes.
             b"tick" => {
-                seen.mark(2)?;
-                tick = Some(match topic.map(|t: Topic<'_>| t.channel) {
-                    Some(Channel::DepthStep0) => Tick::Depth(scan_depth_tick(&mut s)?),
-                    Some(_) => Tick::Mbp(scan_mbp_tick(&mut s)?),
-                    None => return Err(Decline),
-                });
+                let channel = topic.as_ref().map(|t: &Topic<'_>| t.channel).ok_or(Decline)?;
+                tick = Some(scan_book_tick(s, channel == Channel::DepthStep0)?);
+                2
             }
             _ => return Err(Decline),
-        }
-        if !s.more(b'}')? {
-            break;
-        }
-    }
+        })
+    })?;
     s.end()?;
     match (topic, tick) {
         (Some(topic), Some(tick)) => Ok(HuobiFrame::Push { topic, ts, tick }),
@@ -240,69 +232,38 @@ fn scan_mbp(frame: &[u8]) -> Scanned<HuobiFrame<'_>> {
     }
 }
 
-fn scan_mbp_tick(s: &mut Scan<'_>) -> Scanned<MbpTick> {
-    let (mut seq_num, mut prev_seq_num) = (None, None);
+/// An mbp tick (`seqNum prevSeqNum bids asks`) or, `depth`, a depth.step0 one
+/// (`bids asks version ts`).
+fn scan_book_tick(s: &mut Scan<'_>, depth: bool) -> Scanned<Tick<'static>> {
+    let (mut id, mut prev_or_ts) = (None, None);
     let (mut bids, mut asks) = (Levels::default(), Levels::default());
-    let mut seen = Seen::default();
-    s.byte(b'{')?;
-    loop {
-        match s.key()? {
-            b"seqNum" => {
-                seen.mark(0)?;
-                seq_num = Some(s.u64()?);
+    s.object(|s, key| {
+        Ok(match (key, depth) {
+            (b"seqNum", false) | (b"version", true) => {
+                id = Some(s.u64()?);
+                0
             }
-            b"prevSeqNum" => {
-                seen.mark(1)?;
-                prev_seq_num = Some(s.u64()?);
+            (b"prevSeqNum", false) | (b"ts", true) => {
+                prev_or_ts = Some(s.u64()?);
+                1
             }
-            b"bids" => {
-                seen.mark(2)?;
+            (b"bids", _) => {
                 bids = Levels(s.levels_exact::<true>()?);
+                2
             }
-            b"asks" => {
-                seen.mark(3)?;
+            (b"asks", _) => {
                 asks = Levels(s.levels_exact::<true>()?);
+                3
             }
             _ => return Err(Decline),
-        }
-        if !s.more(b'}')? {
-            break;
-        }
-    }
-    Ok(MbpTick { seq_num: seq_num.ok_or(Decline)?, prev_seq_num, bids, asks })
-}
-
-/// A `depth.step0` tick: `{"bids":[..],"asks":[..],"version":..,"ts":..}`.
-fn scan_depth_tick(s: &mut Scan<'_>) -> Scanned<DepthTick> {
-    let (mut version, mut ts) = (None, None);
-    let (mut bids, mut asks) = (Levels::default(), Levels::default());
-    let mut seen = Seen::default();
-    s.byte(b'{')?;
-    loop {
-        match s.key()? {
-            b"version" => {
-                seen.mark(0)?;
-                version = Some(s.u64()?);
-            }
-            b"ts" => {
-                seen.mark(1)?;
-                ts = Some(s.i64()?);
-            }
-            b"bids" => {
-                seen.mark(2)?;
-                bids = Levels(s.levels_exact::<true>()?);
-            }
-            b"asks" => {
-                seen.mark(3)?;
-                asks = Levels(s.levels_exact::<true>()?);
-            }
-            _ => return Err(Decline),
-        }
-        if !s.more(b'}')? {
-            break;
-        }
-    }
-    Ok(DepthTick { version: version.ok_or(Decline)?, ts, bids, asks })
+        })
+    })?;
+    let id = id.ok_or(Decline)?;
+    Ok(if depth {
+        Tick::Depth(DepthTick { version: id, ts: prev_or_ts.map(i64::try_from).transpose().map_err(|_| Decline)?, bids, asks })
+    } else {
+        Tick::Mbp(MbpTick { seq_num: id, prev_seq_num: prev_or_ts, bids, asks })
+    })
 }
 
 /// Our request ids are numbers; Huobi echoes them as sent (a number, or a string if a client

@@ -88,6 +88,27 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// `{"k": v, ...}` of a fixed shape: `member` gets each key with the cursor at its value,
+    /// reads the value and returns the key's number in the shape (0 to 31), or declines for a
+    /// key the shape does not have. A key that comes twice declines too: serde calls that a
+    /// duplicate field, and the fast path must not silently take the last one.
+    #[inline(always)]
+    pub fn object(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Scanned<u32>) -> Scanned<()> {
+        let mut seen = 0u32;
+        self.byte(b'{')?;
+        loop {
+            let key = self.key()?;
+            let bit = 1u32.checked_shl(member(self, key)?).ok_or(Decline)?;
+            if seen & bit != 0 {
+                return Err(Decline);
+            }
+            seen |= bit;
+            if !self.more(b'}')? {
+                return Ok(());
+            }
+        }
+    }
+
     /// Only whitespace is left.
     pub fn end(&mut self) -> Scanned<()> {
         self.ws();
@@ -408,28 +429,6 @@ fn digits(b: &[u8], from: usize) -> usize {
     b.get(from..).map_or(0, |rest| rest.iter().take_while(|c| c.is_ascii_digit()).count())
 }
 
-/// A bit per key of a fixed shape, so a repeated key declines (serde calls it a duplicate
-/// field; the fast path must not silently take the last one).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Seen(u32);
-
-impl Seen {
-    /// Marks key number `bit`; declines when it was already seen.
-    #[inline]
-    pub fn mark(&mut self, bit: u32) -> Scanned<()> {
-        let m = 1 << bit;
-        if self.0 & m != 0 {
-            return Err(Decline);
-        }
-        self.0 |= m;
-        Ok(())
-    }
-
-    pub fn has(self, bit: u32) -> bool {
-        self.0 & (1 << bit) != 0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,10 +580,22 @@ mod tests {
     }
 
     #[test]
-    fn seen_declines_a_repeated_key() {
-        let mut s = Seen::default();
-        s.mark(3).unwrap();
-        assert!(s.has(3) && !s.has(2));
-        assert_eq!(s.mark(3), Err(Decline));
+    fn objects_decline_unknown_and_repeated_keys() {
+        let read = |text: &str| {
+            let (mut a, mut b) = (None, None);
+            let mut s = Scan::new(text);
+            s.object(|s, key| match key {
+                b"a" => s.u64().map(|v| a = Some(v)).map(|()| 0),
+                b"b" => s.str().map(|v| b = Some(v.to_owned())).map(|()| 1),
+                _ => Err(Decline),
+            })?;
+            s.end()?;
+            Ok((a, b))
+        };
+        assert_eq!(read(r#"{"b":"x","a":1}"#), Ok((Some(1), Some("x".to_owned()))));
+        assert_eq!(read(r#" { "a" : 2 } "#), Ok((Some(2), None)));
+        for bad in [r#"{"a":1,"a":2}"#, r#"{"a":1,"c":2}"#, "{}", r#"{"a":1,}"#, r#"{"a":1"#, r#"{"a":1} x"#] {
+            assert_eq!(read(bad), Err(Decline), "{bad}");
+        }
     }
 }

@@ -54,7 +54,8 @@ pub struct LoadArgs {
     /// The sink's batch_points.
     #[arg(long, default_value_t = 5000)]
     pub batch_points: u64,
-    /// Send write bodies uncompressed (the sink's default is gzip).
+    /// Send write bodies uncompressed. ds-load asks for gzip unless told not to, as the sink
+    /// does by default for a remote InfluxDB (for a loopback one its default is off).
     #[arg(long)]
     pub no_gzip: bool,
     /// Levels per frame: the distribution of busy (major) or quiet (minor) captured books.
