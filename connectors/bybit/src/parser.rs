@@ -299,14 +299,7 @@ mod tests {
         let (mut taken, mut declined) = (0, 0);
         // The shorter pushes (deltas), so that every cut and substitution is tried.
         for f in frames.iter().filter(|f| f.len() < 600).take(30) {
-            let mut variants: Vec<String> = (0..f.len()).filter(|&i| f.is_char_boundary(i)).map(|i| f[..i].to_string()).collect();
-            for (i, _) in f.char_indices() {
-                for c in ['"', ',', ']', '}', '0', '-', '.', 'e', ' ', '\\', 'x'] {
-                    let mut v = f.clone();
-                    v.replace_range(i..i + 1, &c.to_string());
-                    variants.push(v);
-                }
-            }
+            let mut variants = ds_api::scan::corrupted_copies(f);
             variants.push(f.replace(r#""cts":"#, r#""op":"subscribe","cts":"#));
             variants.push(f.replace(r#""u":"#, r#""u":1,"u":"#));
             for v in &variants {

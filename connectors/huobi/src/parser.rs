@@ -612,14 +612,7 @@ mod tests {
         }
         let (mut taken, mut declined) = (0, 0);
         for f in frames.iter().chain(step0.iter().filter(|f| f.len() < 1500).take(3)) {
-            let mut variants: Vec<String> = (0..f.len()).filter(|&i| f.is_char_boundary(i)).map(|i| f[..i].to_string()).collect();
-            for (i, _) in f.char_indices() {
-                for c in ['"', ',', ']', '}', '0', '-', '.', 'e', 'E', '+', ' ', '\\', 'x'] {
-                    let mut v = f.clone();
-                    v.replace_range(i..i + 1, &c.to_string());
-                    variants.push(v);
-                }
-            }
+            let mut variants = ds_api::scan::corrupted_copies(f);
             variants.push(f.replace(r#""seqNum":"#, r#""seqNum":1,"seqNum":"#));
             for v in &variants {
                 match scan_mbp(v.as_bytes()) {

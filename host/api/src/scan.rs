@@ -363,6 +363,22 @@ fn pattern_at(b: &[u8], at: usize, pattern: &[u8]) -> Option<usize> {
     (b.get(at..at + pattern.len())? == pattern).then_some(at + pattern.len())
 }
 
+/// Corrupted copies of a frame, for a connector's test that its fast path reads exactly what
+/// serde reads or declines: every prefix (a cut frame), and every character replaced in turn
+/// by each of the characters that matter to JSON and to numbers.
+pub fn corrupted_copies(frame: &str) -> Vec<String> {
+    let mut out: Vec<String> = (0..frame.len()).filter(|&i| frame.is_char_boundary(i)).map(|i| frame[..i].to_string()).collect();
+    for (i, ch) in frame.char_indices() {
+        for c in ['"', ',', ':', '[', ']', '{', '}', '0', '1', '-', '+', '.', 'e', 'E', ' ', '\\', 'x'] {
+            let mut v = frame.to_string();
+            v.replace_range(i..i + ch.len_utf8(), c.encode_utf8(&mut [0; 4]));
+            out.push(v);
+        }
+    }
+    out.push(format!("{frame} x"));
+    out
+}
+
 const ONES: u128 = u128::MAX / 255;
 const HIGH: u128 = ONES * 0x80;
 
@@ -465,6 +481,28 @@ mod tests {
         }
     }
 
+    /// Every word of up to 5 letters of `alphabet`, placed in a 16-byte window of `fill` at
+    /// each of `offsets` and at the window's end.
+    fn windows(alphabet: &[u8], fill: u8, offsets: &[usize]) -> Vec<[u8; 16]> {
+        let mut out = Vec::new();
+        for n in 1..=5u32 {
+            for code in 0..alphabet.len().pow(n) {
+                let mut word = Vec::new();
+                let mut c = code;
+                for _ in 0..n {
+                    word.push(alphabet[c % alphabet.len()]);
+                    c /= alphabet.len();
+                }
+                for &offset in offsets.iter().chain([16 - n as usize].iter()) {
+                    let mut w = [fill; 16];
+                    w[offset..offset + word.len()].copy_from_slice(&word);
+                    out.push(w);
+                }
+            }
+        }
+        out
+    }
+
     /// The 16-byte check against the plain per-byte rule, on every string of a small alphabet
     /// up to 5 characters placed at each offset of the window.
     #[test]
@@ -477,21 +515,9 @@ mod tests {
             (body.iter().all(|c| c.is_ascii_digit() || *c == b'.') && dots <= 1 && len > dots).then_some(len)
         };
         let mut checked = 0;
-        for n in 1..=5u32 {
-            for code in 0..alphabet.len().pow(n) {
-                let mut word = Vec::new();
-                let mut c = code;
-                for _ in 0..n {
-                    word.push(alphabet[c % alphabet.len()]);
-                    c /= alphabet.len();
-                }
-                for offset in [0usize, 3, 11, 16 - n as usize] {
-                    let mut w = [b'7'; 16];
-                    w[offset..offset + word.len()].copy_from_slice(&word);
-                    assert_eq!(plain_decimal_len(&w), rule(&w), "{:?}", String::from_utf8_lossy(&w));
-                    checked += 1;
-                }
-            }
+        for w in windows(&alphabet, b'7', &[0, 3, 11]) {
+            assert_eq!(plain_decimal_len(&w), rule(&w), "{:?}", String::from_utf8_lossy(&w));
+            checked += 1;
         }
         assert!(checked > 400_000);
     }
@@ -513,20 +539,8 @@ mod tests {
             let len = w.iter().position(|&c| c == b'"')?;
             w[..len].iter().all(|&c| c != b'\\' && c >= 0x20).then_some(len)
         };
-        for n in 1..=5u32 {
-            for code in 0..alphabet.len().pow(n) {
-                let mut word = Vec::new();
-                let mut c = code;
-                for _ in 0..n {
-                    word.push(alphabet[c % alphabet.len()]);
-                    c /= alphabet.len();
-                }
-                for offset in [0usize, 7, 16 - n as usize] {
-                    let mut w = [b'x'; 16];
-                    w[offset..offset + word.len()].copy_from_slice(&word);
-                    assert_eq!(plain_str_len(&w), rule(&w), "{w:?}");
-                }
-            }
+        for w in windows(&alphabet, b'x', &[0, 7]) {
+            assert_eq!(plain_str_len(&w), rule(&w), "{w:?}");
         }
     }
 
