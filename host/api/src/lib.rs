@@ -12,6 +12,7 @@
 //! - [`rollover`]: when a session replaces a live connection make-before-break
 //! - [`clock`]: unique timestamps per series ([`clock::SeriesClock`]), so replays reproduce them
 //! - [`scan`]: the strict fast path in front of serde for depth frames
+//! - [`bench`]: floor and path timed in alternation, for the connectors' benches
 //! - [`capture`], [`replay`]: raw frame capture files and the connectors' replay hook
 #![forbid(unsafe_code)]
 
