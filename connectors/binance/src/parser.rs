@@ -74,6 +74,8 @@ fn scan_frame(frame: &[u8]) -> Scanned<DepthUpdate<'_>> {
     let update = if s.peek_is(br#"{"stream""#) {
         s.byte(b'{')?;
         s.key()?;
+        // Checked though unused: serde refuses a frame that is not UTF-8 anywhere, so the fast
+        // path must too.
         s.str()?;
         s.byte(b',')?;
         if s.key()? != b"data" {
@@ -95,7 +97,7 @@ fn scan_event<'a>(s: &mut Scan<'a>) -> Scanned<DepthUpdate<'a>> {
     s.object(|s, key| {
         Ok(match key {
             b"e" => {
-                event = Some(s.str()?);
+                event = Some(s.raw_str()?);
                 0
             }
             b"E" => {
@@ -126,7 +128,7 @@ fn scan_event<'a>(s: &mut Scan<'a>) -> Scanned<DepthUpdate<'a>> {
         })
     })?;
     match (event, symbol, first, last) {
-        (Some("depthUpdate"), Some(symbol), Some(first), Some(last)) => {
+        (Some(b"depthUpdate"), Some(symbol), Some(first), Some(last)) => {
             u.symbol = symbol;
             u.first_update_id = first;
             u.final_update_id = last;

@@ -137,9 +137,9 @@ fn scan_book(frame: &[u8]) -> Scanned<BookUpdate<'_>> {
                 0
             }
             b"type" => {
-                kind = Some(match s.str()? {
-                    "snapshot" => UpdateKind::Snapshot,
-                    "delta" => UpdateKind::Delta,
+                kind = Some(match s.raw_str()? {
+                    b"snapshot" => UpdateKind::Snapshot,
+                    b"delta" => UpdateKind::Delta,
                     _ => return Err(Decline),
                 });
                 1

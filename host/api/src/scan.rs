@@ -125,9 +125,12 @@ impl<'a> Scan<'a> {
         std::str::from_utf8(self.raw_str()?).map_err(|_| Decline)
     }
 
-    /// The bytes between the quotes of a string without escapes or control characters.
+    /// The bytes between the quotes of a string without escapes or control characters, not
+    /// checked to be UTF-8: only for a value compared with an ASCII name (`b"delta"`), which
+    /// cannot match bytes that are not UTF-8. A skipped value must be read with [`Self::str`]:
+    /// serde refuses a frame that is not UTF-8 anywhere, and the fast path must too.
     #[inline]
-    fn raw_str(&mut self) -> Scanned<&'a [u8]> {
+    pub fn raw_str(&mut self) -> Scanned<&'a [u8]> {
         self.byte(b'"')?;
         let start = self.i;
         let len = plain_str_len(&self.b[start..]).ok_or(Decline)?;
