@@ -279,14 +279,23 @@ async fn huobi_captures_replay_to_the_same_points() {
     let Some(cap) = HuobiCapture::load() else { return };
     let books = ["trioeth", "yfihusd", "fil3susdt"];
     let trade_symbols: Vec<&str> = cap.symbols.iter().map(String::as_str).collect();
+    // Books and trades on mocks of their own: the fault below is by handshake attempt, and with
+    // one mock for both feeds the first handshake was the trade connection's whenever it won
+    // the race (then nothing was cut; CI saw it once).
     let mock = MockHuobi::start(MockHuobiConfig {
         books: crate::huobi::seeds(&cap, &books),
         stream: MbpStreamConfig { levels: 150, updates: 600, interval: std::time::Duration::from_millis(3), req_lag: 5, max_seq_step: 5, ..MbpStreamConfig::default() },
-        replay: cap.pushes.iter().filter(|p| p.topic.ends_with("trade.detail")).cloned().collect(),
         ping_interval: Duration::from_millis(300),
         start_delay: Duration::from_millis(20),
         // The first `/feed` connection is cut after 200 frames; the client reconnects.
         connection_faults: [(0, ConnectionFault::CloseAfter(200))].into(),
+        ..MockHuobiConfig::default()
+    })
+    .await;
+    let trades_mock = MockHuobi::start(MockHuobiConfig {
+        replay: cap.pushes.iter().filter(|p| p.topic.ends_with("trade.detail")).cloned().collect(),
+        ping_interval: Duration::from_millis(300),
+        start_delay: Duration::from_millis(20),
         ..MockHuobiConfig::default()
     })
     .await;
@@ -296,11 +305,18 @@ async fn huobi_captures_replay_to_the_same_points() {
     let capture = format!("capture_dir = \"{}\"", capture_dir.display());
     let feeds = |extra: &str| {
         crate::huobi::feed("htx-books", "huobi_mbp", &books, &mock, &format!("symbols_per_connection = 2\n{extra}"))
-            + &crate::huobi::feed("htx-trades", "huobi_trades", &trade_symbols, &mock, extra)
+            + &crate::huobi::feed("htx-trades", "huobi_trades", &trade_symbols, &trades_mock, extra)
     };
     let svc = Service::start(&crate::support::feeds_to_influx(&feeds(&capture), &live));
     assert!(mock.wait_stream_done(Duration::from_secs(60)).await, "the MBP streams ran to their end");
-    assert!(mock.wait_until(Duration::from_secs(60), |m| m.replayed() >= 44).await, "every recorded trade push replayed: {}", mock.replayed());
+    assert!(trades_mock.wait_until(Duration::from_secs(60), |m| m.replayed() >= 44).await, "every recorded trade push replayed: {}", trades_mock.replayed());
+    // The capture must hold the reconnection and its fresh `req` snapshots: the third `/feed`
+    // connection (two at the start, one after the cut) has answered a `req`.
+    assert!(
+        mock.wait_until(Duration::from_secs(30), |m| m.connections().iter().filter(|c| c.path == "/feed").nth(2).is_some_and(|c| c.reqs_answered >= 1)).await,
+        "the cut connection reconnected and resynced: {:?}",
+        mock.connections()
+    );
     for b in books {
         let truth = mock.book(b);
         assert!(
