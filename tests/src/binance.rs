@@ -29,7 +29,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{
     ErrorResponse, Request as WsRequest, Response as WsResponse,
@@ -44,8 +44,6 @@ use crate::http::{HttpServer, Request, Response};
 
 /// Binance's documented server ping period.
 pub const BINANCE_PING_INTERVAL: Duration = Duration::from_secs(20);
-/// How long a client may take to complete the WebSocket handshake before it is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll period of the `wait_for_*` helpers.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -822,22 +820,13 @@ async fn accept_loop(
     shared: Arc<Shared>,
     disconnect: watch::Receiver<(u64, Disconnect)>,
 ) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                // Only disconnects requested from now on concern this connection.
-                let mut disconnect = disconnect.clone();
-                disconnect.mark_unchanged();
-                connections.spawn(serve_ws(stream, Arc::clone(&shared), disconnect));
-            }
-            Err(e) => {
-                eprintln!("ds-tests mock binance: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::accept::serve_each(listener, "ds-tests mock binance", |stream| {
+        // Only disconnects requested from now on concern this connection.
+        let mut disconnect = disconnect.clone();
+        disconnect.mark_unchanged();
+        serve_ws(stream, Arc::clone(&shared), disconnect)
+    })
+    .await;
 }
 
 /// Parses `/stream?streams=a/b`; `Err` is the 400 reason.
@@ -910,35 +899,17 @@ async fn serve_ws(
                     && shared.server_shutdown.is_some_and(|s| s.refuse_replacement);
                 if fault == Some(ConnectionFault::Refuse) || shutting_down {
                     state.records.refused += 1;
-                    let mut err =
-                        ErrorResponse::new(Some(format!("mock refuses attempt {attempt}")));
-                    *err.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    return Err(err);
+                    return Err(crate::accept::refusal(StatusCode::SERVICE_UNAVAILABLE, format!("mock refuses attempt {attempt}")));
                 }
                 Ok(resp)
             }
             Err(reason) => {
-                let mut err = ErrorResponse::new(Some(reason));
-                *err.status_mut() = StatusCode::BAD_REQUEST;
-                Err(err)
+                Err(crate::accept::refusal(StatusCode::BAD_REQUEST, reason))
             }
         }
     };
-    let ws = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async(stream, callback),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            eprintln!("ds-tests mock binance: handshake refused or failed: {e}");
-            return;
-        }
-        Err(_) => {
-            eprintln!("ds-tests mock binance: handshake timed out");
-            return;
-        }
+    let Some(ws) = crate::accept::websocket(stream, "ds-tests mock binance", callback).await else {
+        return;
     };
     let Ok(streams) = requested_streams(&target) else {
         return; // refused in the callback already

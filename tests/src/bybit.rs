@@ -38,7 +38,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{
     ErrorResponse, Request as WsRequest, Response as WsResponse,
@@ -55,8 +55,6 @@ use crate::http::{HttpServer, Request, Response};
 pub const SPOT_MAX_ARGS: usize = 10;
 /// A public connection's args stay within 21,000 characters.
 pub const MAX_ARGS_CHARS: usize = 21_000;
-/// How long a client may take to complete the WebSocket handshake before it is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll period of the `wait_*` helpers.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -771,19 +769,7 @@ fn rest_answer(shared: &Shared, req: &Request) -> Response {
 // WebSocket
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                connections.spawn(serve_ws(stream, Arc::clone(&shared)));
-            }
-            Err(e) => {
-                eprintln!("ds-tests mock bybit: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::accept::serve_each(listener, "ds-tests mock bybit", |stream| serve_ws(stream, Arc::clone(&shared))).await;
 }
 
 fn category_of_path(target: &str) -> Result<Category, String> {
@@ -812,35 +798,17 @@ async fn serve_ws(stream: TcpStream, shared: Arc<Shared>) {
                 fault = shared.connection_faults.get(&attempt).copied();
                 if fault == Some(ConnectionFault::Refuse) {
                     state.records.refused += 1;
-                    let mut err =
-                        ErrorResponse::new(Some(format!("mock refuses attempt {attempt}")));
-                    *err.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    return Err(err);
+                    return Err(crate::accept::refusal(StatusCode::SERVICE_UNAVAILABLE, format!("mock refuses attempt {attempt}")));
                 }
                 Ok(resp)
             }
             Err(reason) => {
-                let mut err = ErrorResponse::new(Some(reason));
-                *err.status_mut() = StatusCode::NOT_FOUND;
-                Err(err)
+                Err(crate::accept::refusal(StatusCode::NOT_FOUND, reason))
             }
         }
     };
-    let ws = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async(stream, callback),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            eprintln!("ds-tests mock bybit: handshake refused or failed: {e}");
-            return;
-        }
-        Err(_) => {
-            eprintln!("ds-tests mock bybit: handshake timed out");
-            return;
-        }
+    let Some(ws) = crate::accept::websocket(stream, "ds-tests mock bybit", callback).await else {
+        return;
     };
     let Ok(category) = category_of_path(&target) else {
         return;

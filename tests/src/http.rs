@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 /// Largest request head (request line + headers) accepted; a bigger one closes the connection.
 const MAX_HEAD_BYTES: u64 = 64 * 1024;
@@ -265,25 +265,10 @@ async fn accept_loop(
     handler: Arc<Handler>,
     requests: Arc<Mutex<Vec<Request>>>,
 ) {
-    let mut connections = JoinSet::new();
-    loop {
-        // Reap finished connection tasks so the set stays as small as the open connections.
-        while connections.try_join_next().is_some() {}
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                connections.spawn(serve_connection(
-                    stream,
-                    Arc::clone(&handler),
-                    Arc::clone(&requests),
-                ));
-            }
-            Err(e) => {
-                // Transient (e.g. too many open files): log, back off a little, keep serving.
-                eprintln!("ds-tests http: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::accept::serve_each(listener, "ds-tests http", |stream| {
+        serve_connection(stream, Arc::clone(&handler), Arc::clone(&requests))
+    })
+    .await;
 }
 
 /// Serves requests on one connection until the peer closes it, asks to close, or sends

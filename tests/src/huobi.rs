@@ -59,7 +59,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{
     ErrorResponse, Request as WsRequest, Response as WsResponse,
@@ -79,8 +79,6 @@ pub const HUOBI_PING_INTERVAL: Duration = Duration::from_secs(5);
 pub const MISSED_PONGS_BEFORE_CLOSE: usize = 2;
 /// Huobi's minimum gap between two `req` on one connection.
 pub const MIN_REQ_GAP: Duration = Duration::from_millis(100);
-/// How long a client may take to complete the WebSocket handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll period of the `wait_for_*` helpers.
 const POLL: Duration = Duration::from_millis(10);
 /// New levels land within this many ticks of the best price (or improve it by up to two):
@@ -1322,19 +1320,7 @@ fn deliver(conns: &[Conn], topic: &str, frame: Vec<u8>) {
 // WebSocket
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                connections.spawn(serve_ws(stream, Arc::clone(&shared)));
-            }
-            Err(e) => {
-                eprintln!("ds-tests mock huobi: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::accept::serve_each(listener, "ds-tests mock huobi", |stream| serve_ws(stream, Arc::clone(&shared))).await;
 }
 
 /// The answer to one client message (already a JSON text), or `None` for a pong.
@@ -1491,34 +1477,17 @@ async fn serve_ws(stream: TcpStream, shared: Arc<Shared>) {
             fault = shared.cfg.connection_faults.get(&attempt).copied();
             if fault == Some(ConnectionFault::Refuse) {
                 state.refused += 1;
-                let mut err = ErrorResponse::new(Some(format!("mock refuses attempt {attempt}")));
-                *err.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                return Err(err);
+                return Err(crate::accept::refusal(StatusCode::SERVICE_UNAVAILABLE, format!("mock refuses attempt {attempt}")));
             }
             Ok(resp)
         } else {
-            let mut err = ErrorResponse::new(Some(format!(
+            Err(crate::accept::refusal(StatusCode::BAD_REQUEST, format!(
                 "mock Huobi serves /ws and /feed, not {target}"
-            )));
-            *err.status_mut() = StatusCode::BAD_REQUEST;
-            Err(err)
+            )))
         }
     };
-    let ws = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async(stream, callback),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            eprintln!("ds-tests mock huobi: handshake refused or failed: {e}");
-            return;
-        }
-        Err(_) => {
-            eprintln!("ds-tests mock huobi: handshake timed out");
-            return;
-        }
+    let Some(ws) = crate::accept::websocket(stream, "ds-tests mock huobi", callback).await else {
+        return;
     };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let connected_at = Instant::now();

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod binance;
 pub mod bybit;
 pub mod bybit_book;

@@ -78,14 +78,9 @@ impl Decimal {
     /// no `memcpy` call, no zeroing): this runs for every price and size of every frame.
     #[inline(always)]
     pub(crate) fn from_checked_in(frame: &[u8], start: usize, len: usize) -> Decimal {
-        match frame.get(start..start + INLINE) {
-            Some(window) if len <= INLINE => {
-                let mut buf = [0u8; INLINE];
-                buf.copy_from_slice(window);
-                Decimal(Repr::Inline { len: len as u8, buf })
-            }
-            _ => Decimal::from_checked(&frame[start..start + len]),
-        }
+        let mut d = Decimal::ZERO;
+        d.set_checked_in(frame, start, len);
+        d
     }
 
     /// `0`, a placeholder for a slot about to be written by [`Self::set_checked_in`].

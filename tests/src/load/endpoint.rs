@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use super::latency::Histogram;
 use crate::http::{read_request, write_response, Request, Response};
@@ -205,19 +205,7 @@ impl Drop for Endpoint {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                connections.spawn(serve(stream, Arc::clone(&shared)));
-            }
-            Err(e) => {
-                eprintln!("ds-load endpoint: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::accept::serve_each(listener, "ds-load endpoint", |stream| serve(stream, Arc::clone(&shared))).await;
 }
 
 async fn serve(stream: TcpStream, shared: Arc<Shared>) {

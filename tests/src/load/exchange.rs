@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::handshake::server::{
     ErrorResponse, Request as WsRequest, Response as WsResponse,
@@ -37,7 +37,6 @@ use crate::http::{HttpServer, Request, Response};
 
 /// Binance's server ping period.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the generator does, and what it counts.
 struct Shared {
@@ -238,20 +237,11 @@ fn rest_answer(shared: &Shared, req: &Request) -> Response {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                connections.spawn(serve(stream, Arc::clone(&shared), stop.clone()));
-            }
-            Err(e) => {
-                eprintln!("ds-load mock: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::accept::serve_each(listener, "ds-load mock", |stream| {
+        let _ = stream.set_nodelay(true);
+        serve(stream, Arc::clone(&shared), stop.clone())
+    })
+    .await;
 }
 
 /// Maps `/stream?streams=a/b` to book indices; unknown names are ignored (served nothing).
@@ -276,21 +266,12 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver
         match requested(&shared, &target) {
             Ok(_) => Ok(resp),
             Err(reason) => {
-                let mut err = ErrorResponse::new(Some(reason));
-                *err.status_mut() = StatusCode::BAD_REQUEST;
-                Err(err)
+                Err(crate::accept::refusal(StatusCode::BAD_REQUEST, reason))
             }
         }
     };
-    let ws = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async(stream, callback),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => return eprintln!("ds-load mock: handshake failed: {e}"),
-        Err(_) => return eprintln!("ds-load mock: handshake timed out"),
+    let Some(ws) = crate::accept::websocket(stream, "ds-load mock", callback).await else {
+        return;
     };
     let Ok(books) = requested(&shared, &target) else {
         return;
