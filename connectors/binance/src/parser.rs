@@ -97,7 +97,7 @@ fn scan_event<'a>(s: &mut Scan<'a>) -> Scanned<DepthUpdate<'a>> {
     s.object(|s, key| {
         Ok(match key {
             b"e" => {
-                event = Some(s.raw_str()?);
+                event = Some(if s.is_str(b"depthUpdate") { &b"depthUpdate"[..] } else { s.raw_str()? });
                 0
             }
             b"E" => {

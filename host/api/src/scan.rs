@@ -138,10 +138,36 @@ impl<'a> Scan<'a> {
         Ok(&self.b[start..start + len])
     }
 
+    /// True (and consumed) when the next value is the string `"<text>"` exactly, for a value
+    /// that must be one known name (Binance's `"depthUpdate"`): one compare instead of a
+    /// string scan. `text` is plain ASCII (no quote, backslash or control character), so the
+    /// match means exactly what [`Self::raw_str`] would have read. False consumes nothing; the
+    /// caller then reads the value the general way.
+    #[inline]
+    pub fn is_str(&mut self, text: &[u8]) -> bool {
+        debug_assert!(text.iter().all(|&c| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\'));
+        self.ws();
+        let at = self.i;
+        let matched = self.b.get(at) == Some(&b'"') && self.b.get(at + 1..at + 1 + text.len()) == Some(text) && self.b.get(at + 1 + text.len()) == Some(&b'"');
+        if matched {
+            self.i = at + text.len() + 2;
+        }
+        matched
+    }
+
     /// An object key and its `:`, as bytes to match against the names of a shape (`b"u"`);
     /// a key that is not valid UTF-8 matches none of them and so declines.
     #[inline]
     pub fn key(&mut self) -> Scanned<&'a [u8]> {
+        // Most keys on the hot path are one letter (`"e":`): matched as one 4-byte pattern,
+        // where the general string scan cost as much as a whole level.
+        if let Some(&[b'"', k, b'"', b':']) = self.b.get(self.i..self.i + 4) {
+            if (0x20..0x80).contains(&k) && k != b'"' && k != b'\\' {
+                let key = &self.b[self.i + 1..self.i + 2];
+                self.i += 4;
+                return Ok(key);
+            }
+        }
         let k = self.raw_str()?;
         self.byte(b':')?;
         Ok(k)
@@ -257,7 +283,6 @@ impl<'a> Scan<'a> {
 
     /// `[[p, s], ...]` appended to `out`, where `p` and `s` are decimal strings (Binance,
     /// Bybit) or, with `NUMBERS`, bare JSON numbers (HTX). `[]` appends nothing.
-    #[inline(always)]
     pub fn levels<const NUMBERS: bool>(&mut self, out: &mut Vec<Level>) -> Scanned<()> {
         self.byte(b'[')?;
         self.ws();
@@ -265,22 +290,19 @@ impl<'a> Scan<'a> {
             self.i += 1;
             return Ok(());
         }
-        if !NUMBERS && self.compact_str_levels(out) {
-            return Ok(());
-        }
+        self.levels_from::<NUMBERS>(out)
+    }
+
+    /// The general level loop, from the `[` of a level inside the array to the array's `]`.
+    #[inline(always)]
+    fn levels_from<const NUMBERS: bool>(&mut self, out: &mut Vec<Level>) -> Scanned<()> {
         loop {
             self.byte(b'[')?;
             let (p, p_len) = if NUMBERS { self.number_at()? } else { self.decimal_str_at()? };
             self.byte(b',')?;
             let (s, s_len) = if NUMBERS { self.number_at()? } else { self.decimal_str_at()? };
             self.byte(b']')?;
-            // Built in the vector's slot, not on the stack and then copied: the copy read back
-            // bytes just written in pieces, a store-forwarding stall per level.
-            out.push(Level { price: Decimal::ZERO, size: Decimal::ZERO });
-            if let Some(level) = out.last_mut() {
-                level.price.set_checked_in(self.b, p, p_len);
-                level.size.set_checked_in(self.b, s, s_len);
-            }
+            out.push(LevelAt { price: p, price_len: p_len, size: s, size_len: s_len }.level(self.b));
             if !self.more(b']')? {
                 return Ok(());
             }
@@ -289,15 +311,15 @@ impl<'a> Scan<'a> {
 
     /// The levels as Binance and Bybit write them, `["p","s"],["p","s"]]` with no whitespace
     /// and plain decimals: each level is matched as one pattern (three fixed separators and
-    /// two 16-byte decimal checks) instead of token by token. True when the array is read to
-    /// its `]`; false where the pattern stops matching, with the cursor at the start of that
-    /// level, so the general loop goes on from there (and decides what the bytes are).
+    /// two 16-byte decimal checks) instead of token by token, and only its position is kept.
+    /// True when the array is read to its `]`; false where the pattern stops matching, with the
+    /// cursor at the start of that level, so the general loop goes on from there (and decides
+    /// what the bytes are).
     #[inline(always)]
-    fn compact_str_levels(&mut self, out: &mut Vec<Level>) -> bool {
+    fn compact_str_levels(&mut self, found: &mut Vec<LevelAt>) -> bool {
         let b = self.b;
         let mut i = self.i;
         loop {
-            let level_start = i;
             let Some(p_len) = pattern_at(b, i, b"[\"").and_then(|p| b.get(p..p + 16)).and_then(plain_decimal_len) else { break };
             let p = i + 2;
             let Some(s_len) = pattern_at(b, p + p_len, b"\",\"").and_then(|s| b.get(s..s + 16)).and_then(plain_decimal_len) else { break };
@@ -308,55 +330,92 @@ impl<'a> Scan<'a> {
                 Some(b']') => true,
                 _ => break,
             };
-            out.push(Level { price: Decimal::ZERO, size: Decimal::ZERO });
-            if let Some(level) = out.last_mut() {
-                level.price.set_checked_in(b, p, p_len);
-                level.size.set_checked_in(b, s, s_len);
-            }
+            found.push(LevelAt { price: p, price_len: p_len, size: s, size_len: s_len });
             i = after + 1;
             if last {
                 self.i = i;
                 return true;
             }
-            debug_assert!(level_start < i);
         }
         self.i = i;
         false
     }
 
-    /// [`Self::levels`] into a vector of exactly their number. JSON gives no count up front,
-    /// and growing a vector level by level costs a malloc and reallocs with copies per side;
-    /// so the levels are collected in a per-thread scratch vector that keeps its capacity, then
-    /// moved into one exact allocation (which also keeps the packets waiting in the buffer
-    /// channel no larger than their levels).
+    /// [`Self::levels`] into a vector of exactly their number.
+    ///
+    /// JSON gives no count up front, and growing a vector level by level costs a malloc and
+    /// reallocs with copies per side. So the compact form is read in two passes: the first
+    /// checks every level and keeps where its two texts are ([`LevelAt`], in a per-thread
+    /// vector that keeps its capacity), the second builds the levels straight into one exact
+    /// allocation. Levels are never built on the stack and copied, nor pushed one by one: a
+    /// push builds its element on the stack first (it may have to grow before the write), and
+    /// reading those bytes back stalled store forwarding on every level (a fifth of the level
+    /// loop in a profile). Levels the pattern does not take go through the general loop into
+    /// a per-thread scratch vector, moved into the exact allocation at the end.
     #[inline]
     pub fn levels_exact<const NUMBERS: bool>(&mut self) -> Scanned<Vec<Level>> {
         use std::cell::RefCell;
         thread_local! {
-            static SCRATCH: RefCell<Vec<Level>> = const { RefCell::new(Vec::new()) };
+            static SCRATCH: RefCell<(Vec<LevelAt>, Vec<Level>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+        }
+        self.byte(b'[')?;
+        self.ws();
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Ok(Vec::new());
         }
         SCRATCH.with(|cell| {
             let Ok(mut scratch) = cell.try_borrow_mut() else {
                 // Re-entered (cannot happen: nothing here calls back); just do without.
                 let mut out = Vec::new();
-                self.levels::<NUMBERS>(&mut out)?;
+                self.levels_from::<NUMBERS>(&mut out)?;
                 return Ok(out);
             };
-            scratch.clear();
-            let read = self.levels::<NUMBERS>(&mut scratch);
-            // A 5,000-level snapshot should not pin its scratch for the thread's life.
-            let out: Vec<Level> = if scratch.capacity() > 1024 {
-                let mut all = std::mem::take(&mut *scratch);
+            let (found, rest) = &mut *scratch;
+            found.clear();
+            let b = self.b;
+            if !NUMBERS && self.compact_str_levels(found) {
+                let out: Vec<Level> = found.iter().map(|at| at.level(b)).collect();
+                // A 5,000-level snapshot should not pin its scratch for the thread's life.
+                if found.capacity() > 1024 {
+                    *found = Vec::new();
+                }
+                return Ok(out);
+            }
+            rest.clear();
+            rest.extend(found.iter().map(|at| at.level(b)));
+            let read = self.levels_from::<NUMBERS>(rest);
+            let out: Vec<Level> = if rest.capacity() > 1024 {
+                let mut all = std::mem::take(rest);
                 all.shrink_to_fit();
                 all
             } else {
                 // One bulk copy (a `collect` from `drain` moved the levels one by one).
-                let mut exact = Vec::with_capacity(scratch.len());
-                exact.append(&mut scratch);
+                let mut exact = Vec::with_capacity(rest.len());
+                exact.append(rest);
                 exact
             };
+            if found.capacity() > 1024 {
+                *found = Vec::new();
+            }
             read.map(|()| out)
         })
+    }
+}
+
+/// Where a level's two texts are in the frame, both already checked to be decimals.
+#[derive(Debug, Clone, Copy)]
+struct LevelAt {
+    price: usize,
+    price_len: usize,
+    size: usize,
+    size_len: usize,
+}
+
+impl LevelAt {
+    #[inline(always)]
+    fn level(self, frame: &[u8]) -> Level {
+        Level { price: Decimal::from_checked_in(frame, self.price, self.price_len), size: Decimal::from_checked_in(frame, self.size, self.size_len) }
     }
 }
 
@@ -589,11 +648,43 @@ mod tests {
         let mut sc = Scan::new(text);
         sc.levels::<false>(&mut out).unwrap();
         sc.end().unwrap();
+        let mut sc = Scan::new(text);
+        let exact = sc.levels_exact::<false>().unwrap();
+        sc.end().unwrap();
+        assert_eq!(exact, out);
+        assert_eq!(exact.capacity(), 4);
         let got: Vec<_> = out.iter().map(|l| (l.price.as_str(), l.size.as_str())).collect();
         assert_eq!(got, [("1.5", "2"), ("3", "4"), ("5", "1E-8"), ("6", "7")]);
-        for bad in [r#"[["1","2"],]"#, r#"[["1","2"]"#, r#"[["1","2"],["x","1"]]"#, r#"[["1","2""#] {
+        // All compact: the two-pass path alone, ending right at the frame's end.
+        let mut sc = Scan::new(r#"[["1.5","2"],["3","4"]]"#);
+        let exact = sc.levels_exact::<false>().unwrap();
+        sc.end().unwrap();
+        assert_eq!(exact.iter().map(|l| (l.price.as_str(), l.size.as_str())).collect::<Vec<_>>(), [("1.5", "2"), ("3", "4")]);
+        for bad in [r#"[["1","2"],]"#, r#"[["1","2"]"#, r#"[["1","2"],["x","1"]]"#, r#"[["1","2""#, r#"[["1","2"],["3","4"]"#] {
             assert_eq!(Scan::new(bad).levels::<false>(&mut out), Err(Decline), "{bad}");
+            assert_eq!(Scan::new(bad).levels_exact::<false>(), Err(Decline), "{bad}");
         }
+    }
+
+    #[test]
+    fn one_letter_keys_and_known_strings_read_as_the_general_way_does() {
+        let key = |text: &str| Scan::new(text).key().map(|k| k.to_vec());
+        assert_eq!(key(r#""e":1"#), Ok(b"e".to_vec()));
+        assert_eq!(key(r#" "e" : 1"#), Ok(b"e".to_vec()));
+        assert_eq!(key(r#""ee":1"#), Ok(b"ee".to_vec()));
+        assert_eq!(key(r#""":1"#), Ok(b"".to_vec()));
+        // Not a plain one-letter key: the general scan decides (and declines).
+        for bad in [r#""\":1"#, "\"\u{1}\":1", r#""e"1"#, r#""e""#] {
+            assert_eq!(key(bad), Err(Decline), "{bad:?}");
+        }
+        let mut s = Scan::new(r#" "depthUpdate","depthUpdat","depthUpdatex""#);
+        assert!(s.is_str(b"depthUpdate"));
+        s.byte(b',').unwrap();
+        assert!(!s.is_str(b"depthUpdate"));
+        assert_eq!(s.raw_str(), Ok(&b"depthUpdat"[..]));
+        s.byte(b',').unwrap();
+        assert!(!s.is_str(b"depthUpdate"));
+        assert_eq!(s.raw_str(), Ok(&b"depthUpdatex"[..]));
     }
 
     #[test]
