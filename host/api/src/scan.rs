@@ -319,8 +319,7 @@ impl<'a> Scan<'a> {
     fn compact_str_levels(&mut self, found: &mut Vec<LevelAt>) -> bool {
         let b = self.b;
         let mut i = self.i;
-        loop {
-            let Some(p_len) = pattern_at(b, i, b"[\"").and_then(|p| b.get(p..p + 16)).and_then(plain_decimal_len) else { break };
+        while let Some(p_len) = pattern_at(b, i, b"[\"").and_then(|p| b.get(p..p + 16)).and_then(plain_decimal_len) {
             let p = i + 2;
             let Some(s_len) = pattern_at(b, p + p_len, b"\",\"").and_then(|s| b.get(s..s + 16)).and_then(plain_decimal_len) else { break };
             let s = p + p_len + 3;
