@@ -137,10 +137,12 @@ fn scan_book(frame: &[u8]) -> Scanned<BookUpdate<'_>> {
                 0
             }
             b"type" => {
-                kind = Some(match s.raw_str()? {
-                    b"snapshot" => UpdateKind::Snapshot,
-                    b"delta" => UpdateKind::Delta,
-                    _ => return Err(Decline),
+                kind = Some(if s.is_str(b"delta") {
+                    UpdateKind::Delta
+                } else if s.is_str(b"snapshot") {
+                    UpdateKind::Snapshot
+                } else {
+                    return Err(Decline);
                 });
                 1
             }
