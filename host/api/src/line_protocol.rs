@@ -48,7 +48,7 @@ impl LineProtocol {
                 // What every level of the packet shares is formatted once (the id and time
                 // fields, the series per side); each level adds price, qty and its timestamp.
                 let shared = Shared::new(m.first_update_id, m.last_update_id, m.prev_update_id, m.event_time_ms);
-                levels(out, "book_delta", &m.instrument, &m.bids, &m.asks, shared.as_bytes(), m.recv_time_ns)
+                levels(out, "book_delta", &m.instrument, &m.bids, &m.asks, &shared, m.recv_time_ns)
             }
             DataPacket::ST(s) => {
                 let ids = Shared::snapshot(s.cur_seq, s.prev_seq, s.timestamp);
@@ -59,7 +59,7 @@ impl LineProtocol {
                     timestamp(out, s.recv_time_ns);
                     return 1;
                 }
-                levels(out, "book_snapshot", &s.instrument, &s.bids, &s.asks, ids.as_bytes(), s.recv_time_ns)
+                levels(out, "book_snapshot", &s.instrument, &s.bids, &s.asks, &ids, s.recv_time_ns)
             }
             DataPacket::Gap(g) => {
                 series(out, "book_gap", &g.instrument, None);
@@ -152,7 +152,7 @@ impl<const N: usize> Put for Block<N> {
 /// price, `,qty=`, the size, and the tail (the shared fields and the timestamp, whose digits
 /// are counted up in place). Each is copied as a fixed-size [`Block`], which the compiler
 /// turns into a few vector moves instead of a `memcpy` call per part.
-fn levels(out: &mut Vec<u8>, measurement: &'static str, inst: &Instrument, bids: &[Level], asks: &[Level], shared: &[u8], ts: i64) -> usize {
+fn levels(out: &mut Vec<u8>, measurement: &'static str, inst: &Instrument, bids: &[Level], asks: &[Level], shared: &Shared, ts: i64) -> usize {
     let mut tail = Tail::new(shared, ts);
     for (side, levels) in [(Side::Bid, bids), (Side::Ask, asks)] {
         if levels.is_empty() {
@@ -296,18 +296,32 @@ struct Tail {
 }
 
 impl Tail {
-    fn new(shared: &[u8], ns: i64) -> Self {
-        let mut t = Tail { block: Block::default(), shared: shared.len(), ns };
-        t.block.push(shared);
+    fn new(shared: &Shared, ns: i64) -> Self {
+        let mut t = Tail { block: Block::default(), shared: shared.len, ns };
+        if shared.len + TIME_TEXT <= 128 {
+            // The shared fields' buffer copied whole (a fixed-size copy, no `memcpy` call).
+            t.block.buf.copy_from_slice(&shared.buf[..128]);
+            t.block.len = shared.len;
+        } else {
+            t.block.push(shared.as_bytes());
+        }
         t.format();
         t
     }
 
     fn format(&mut self) {
         self.block.truncate(self.shared);
-        self.block.push(b" ");
-        self.block.push(itoa::Buffer::new().format(self.ns).as_bytes());
-        self.block.push(b"\n");
+        if self.block.spill.is_empty() && self.block.len + TIME_TEXT <= 128 {
+            let buf = &mut self.block.buf;
+            buf[self.block.len] = b' ';
+            let end = put_int(buf, self.block.len + 1, self.ns);
+            buf[end] = b'\n';
+            self.block.len = end + 1;
+        } else {
+            self.block.push(b" ");
+            self.block.push(itoa::Buffer::new().format(self.ns).as_bytes());
+            self.block.push(b"\n");
+        }
     }
 
     /// `ns + 1`: the last digit goes up, nines roll over; a carry past the first digit (or a
@@ -346,50 +360,99 @@ impl Tail {
     }
 }
 
-/// The integer fields every level of a packet shares, formatted once on the stack.
+/// ` <ns>\n`: a space, at most 20 characters of an `i64`, a newline.
+const TIME_TEXT: usize = 22;
+
+/// The integer fields every level of a packet shares, formatted once on the stack. The buffer
+/// has room for the most fields a packet has (four of at most 1 + 9 + 20 + 1 bytes, or the
+/// snapshot's three), so writing never runs out of it; 128 bytes of it are copied whole into
+/// the [`Tail`].
 struct Shared {
-    buf: [u8; 128],
+    buf: [u8; 144],
     len: usize,
 }
 
 impl Shared {
     fn new(first: u64, last: u64, prev: Option<u64>, event_ms: Option<i64>) -> Self {
-        let mut s = Shared { buf: [0; 128], len: 0 };
-        s.int("first_id", first as i64);
-        s.int("last_id", last as i64);
+        let mut s = Shared { buf: [0; 144], len: 0 };
+        s.int(b",first_id=", first as i64);
+        s.int(b",last_id=", last as i64);
         if let Some(p) = prev {
-            s.int("prev_id", p as i64);
+            s.int(b",prev_id=", p as i64);
         }
         if let Some(e) = event_ms {
-            s.int("event_ts", e);
+            s.int(b",event_ts=", e);
         }
         s
     }
 
     fn snapshot(id: u64, prev: Option<u64>, event_ms: Option<i64>) -> Self {
-        let mut s = Shared { buf: [0; 128], len: 0 };
-        s.int("snapshot_id", id as i64);
+        let mut s = Shared { buf: [0; 144], len: 0 };
+        s.int(b",snapshot_id=", id as i64);
         if let Some(p) = prev {
-            s.int("prev_id", p as i64);
+            s.int(b",prev_id=", p as i64);
         }
         if let Some(e) = event_ms {
-            s.int("event_ts", e);
+            s.int(b",event_ts=", e);
         }
         s
     }
 
-    /// `,<key>=<v>i`; at most 4 fields of at most 12 + 20 + 2 bytes fit in 128.
-    fn int(&mut self, key: &str, v: i64) {
-        let mut itoa = itoa::Buffer::new();
-        for part in [b",", key.as_bytes(), b"=", itoa.format(v).as_bytes(), b"i"] {
-            self.buf[self.len..self.len + part.len()].copy_from_slice(part);
-            self.len += part.len();
-        }
+    /// `,<key>=<v>i`, `key` given with its comma and equals sign. Inlined, so the key is a
+    /// copy of a known length and the digits go straight into place: the copies of variable
+    /// length these were made of were a `memcpy` call each, fifteen per packet.
+    #[inline(always)]
+    fn int(&mut self, key: &'static [u8], v: i64) {
+        let at = self.len + key.len();
+        self.buf[self.len..at].copy_from_slice(key);
+        let end = put_int(&mut self.buf, at, v);
+        self.buf[end] = b'i';
+        self.len = end + 1;
     }
 
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+
+    #[cfg(test)]
+    fn raw(bytes: &[u8]) -> Self {
+        let mut s = Shared { buf: [0; 144], len: bytes.len() };
+        s.buf[..bytes.len()].copy_from_slice(bytes);
+        s
+    }
+}
+
+/// Two-digit groups, for [`put_int`].
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// The decimal text of `v` written into `buf` at `at` (which must leave room for 20 bytes);
+/// returns the position after it. Two digits at a time, right into place.
+#[inline]
+fn put_int(buf: &mut [u8], mut at: usize, v: i64) -> usize {
+    if v < 0 {
+        buf[at] = b'-';
+        at += 1;
+    }
+    let mut n = v.unsigned_abs();
+    let end = at + n.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let mut i = end;
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        buf[i - 2..i].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        buf[i - 1] = b'0' + n as u8;
+    }
+    end
 }
 
 fn int_field(out: &mut Vec<u8>, key: &str, v: i64) {
@@ -514,10 +577,31 @@ mod tests {
     }
 
     #[test]
+    fn integers_are_written_as_itoa_writes_them() {
+        let mut values = vec![0i64, 1, -1, 9, 10, 99, 100, i64::MAX, i64::MIN, i64::MIN + 1];
+        for p in 0..19 {
+            let t = 10i64.pow(p);
+            values.extend([t - 1, t, t + 1, -t, -(t - 1), t * 3 + 7]);
+        }
+        for v in values {
+            let mut buf = [b'#'; 64];
+            let end = put_int(&mut buf, 3, v);
+            assert_eq!(&buf[3..end], itoa::Buffer::new().format(v).as_bytes(), "{v}");
+            assert_eq!(buf[end], b'#', "{v}: nothing written past the end");
+        }
+        // The longest fields a packet can have still fit the buffer.
+        let widest = u64::MAX / 2 + 1;
+        let s = Shared::new(widest, widest, Some(widest), Some(i64::MIN));
+        let m = i64::MIN;
+        assert_eq!(s.as_bytes(), format!(",first_id={m}i,last_id={m}i,prev_id={m}i,event_ts={m}i").as_bytes());
+        assert_eq!(Shared::new(u64::MAX, 7, None, None).as_bytes(), b",first_id=-1i,last_id=7i");
+    }
+
+    #[test]
     fn timestamps_count_up_across_digit_rollovers() {
         for start in [0i64, 7, 98, 999, 1_999_999_999_999_999_998, -3] {
             for shared in [&b",a=1i"[..], &[b'x'; 126][..]] {
-                let mut tail = Tail::new(shared, start);
+                let mut tail = Tail::new(&Shared::raw(shared), start);
                 for k in 0..1_500 {
                     assert_eq!(tail.line_end(), format!(" {}\n", start + k).as_bytes(), "from {start}, +{k}");
                     tail.advance();
