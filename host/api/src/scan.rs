@@ -308,7 +308,13 @@ impl<'a> Scan<'a> {
             self.byte(b',')?;
             let (s, s_len) = if NUMBERS { self.number_at()? } else { self.decimal_str_at()? };
             self.byte(b']')?;
-            out.push(LevelAt { price: p, price_len: p_len, size: s, size_len: s_len }.level(self.b));
+            // Built in the vector's slot, not on the stack and then copied: the copy read back
+            // bytes just written in pieces, a store-forwarding stall per level.
+            out.push(Level { price: Decimal::ZERO, size: Decimal::ZERO });
+            if let Some(level) = out.last_mut() {
+                level.price.set_checked_in(self.b, p, p_len);
+                level.size.set_checked_in(self.b, s, s_len);
+            }
             if !self.more(b']')? {
                 return Ok(());
             }
@@ -351,12 +357,13 @@ impl<'a> Scan<'a> {
     /// JSON gives no count up front, and growing a vector level by level costs a malloc and
     /// reallocs with copies per side. So the compact form is read in two passes: the first
     /// checks every level and keeps where its two texts are ([`LevelAt`], in a per-thread
-    /// vector that keeps its capacity), the second builds the levels straight into one exact
-    /// allocation. Levels are never built on the stack and copied, nor pushed one by one: a
-    /// push builds its element on the stack first (it may have to grow before the write), and
-    /// reading those bytes back stalled store forwarding on every level (a fifth of the level
-    /// loop in a profile). Levels the pattern does not take go through the general loop into
-    /// a per-thread scratch vector, moved into the exact allocation at the end.
+    /// vector that keeps its capacity), the second builds the levels into one exact
+    /// allocation, with no capacity check per level. Pushing each level into a growing
+    /// scratch vector instead built it on the stack first (the push may have to grow before
+    /// the write), and reading those bytes back stalled store forwarding on every level (a
+    /// fifth of the level loop in a profile). Levels the pattern does not take go through the
+    /// general loop into a per-thread scratch vector, moved into the exact allocation at the
+    /// end.
     #[inline]
     pub fn levels_exact<const NUMBERS: bool>(&mut self) -> Scanned<Vec<Level>> {
         use std::cell::RefCell;
