@@ -211,6 +211,9 @@ impl Parser for TradeParser {
     type Output<'a> = TradeFrame<'a>;
 
     fn parse<'a>(&self, frame: &'a [u8]) -> Result<TradeFrame<'a>, ParseError> {
+        if let Ok((topic, trades)) = scan_trades(frame) {
+            return Ok(TradeFrame::Trades { topic, trades });
+        }
         let w: FrameWire<'a, Vec<TradeWire<'a>>> = serde_json::from_str(utf8(frame)?)?;
         if let Some(reply) = op_reply(&w) {
             return Ok(TradeFrame::Reply(reply));
@@ -235,6 +238,108 @@ impl Parser for TradeParser {
             })
             .collect::<Result<Vec<_>, ParseError>>()?;
         Ok(TradeFrame::Trades { topic, trades })
+    }
+}
+
+/// The fast path ([`ds_api::scan`]) for a `publicTrade` push: top-level keys `topic type ts
+/// cts data`, each trade's keys `T s S v p i` at most once, and any other key with a plain
+/// value (`L`, `BT`, `RPI`, `seq` today), which serde ignores too. An `op` answer, a side
+/// other than `Buy`/`Sell`, a nested unknown value or anything else unexpected declines, and
+/// [`TradeParser::parse`] reads the frame with serde, which also gives the error.
+fn scan_trades(frame: &[u8]) -> Scanned<(&str, Vec<ParsedTrade<'_>>)> {
+    let mut s = Scan::from_bytes(frame);
+    let (mut topic, mut data) = (None, None);
+    s.object(|s, key| {
+        Ok(match key {
+            b"topic" => {
+                topic = Some(s.str()?);
+                0
+            }
+            b"type" => {
+                s.str()?;
+                1
+            }
+            b"ts" => {
+                s.i64()?;
+                2
+            }
+            b"cts" => {
+                s.i64()?;
+                3
+            }
+            b"data" => {
+                data = Some(scan_trade_list(s)?);
+                4
+            }
+            // An answer to an op: serde's reading tells it apart.
+            b"op" | b"success" | b"ret_msg" | b"req_id" => return Err(Decline),
+            other => s.skip_ignored(other)?,
+        })
+    })?;
+    s.end()?;
+    match (topic, data) {
+        (Some(topic), Some(trades)) => Ok((topic, trades)),
+        _ => Err(Decline),
+    }
+}
+
+fn scan_trade_list<'a>(s: &mut Scan<'a>) -> Scanned<Vec<ParsedTrade<'a>>> {
+    let mut trades = Vec::new();
+    s.byte(b'[')?;
+    if s.peek_is(b"]") {
+        s.byte(b']')?;
+        return Ok(trades);
+    }
+    loop {
+        trades.push(scan_trade(s)?);
+        if !s.more(b']')? {
+            return Ok(trades);
+        }
+    }
+}
+
+fn scan_trade<'a>(s: &mut Scan<'a>) -> Scanned<ParsedTrade<'a>> {
+    let (mut time, mut symbol, mut side, mut size, mut price, mut id) = (None, None, None, None, None, None);
+    s.object(|s, key| {
+        Ok(match key {
+            b"T" => {
+                time = Some(s.i64()?);
+                0
+            }
+            b"s" => {
+                symbol = Some(s.str()?);
+                1
+            }
+            b"S" => {
+                side = Some(if s.is_str(b"Buy") {
+                    Side::Bid
+                } else if s.is_str(b"Sell") {
+                    Side::Ask
+                } else {
+                    return Err(Decline);
+                });
+                2
+            }
+            b"v" => {
+                size = Some(s.decimal_str()?);
+                3
+            }
+            b"p" => {
+                price = Some(s.decimal_str()?);
+                4
+            }
+            b"i" => {
+                id = Some(s.str()?);
+                5
+            }
+            other => s.skip_ignored(other)?,
+        })
+    })?;
+    match (time, symbol, side, size, price, id) {
+        (Some(time_ms), Some(symbol), Some(taker_side), Some(size), Some(price), Some(id)) => {
+            Ok(ParsedTrade { symbol, trade_id: std::borrow::Cow::Borrowed(id), price, size, taker_side, time_ms })
+        }
+        _ => Err(Decline),
     }
 }
 
@@ -280,6 +385,82 @@ mod tests {
             bids: data.bids,
             asks: data.asks,
         })
+    }
+
+    /// The serde reading of a trade push, bypassing the fast path.
+    fn serde_trades(text: &str) -> Option<(&str, Vec<ParsedTrade<'_>>)> {
+        let w: FrameWire<'_, Vec<TradeWire<'_>>> = serde_json::from_str(text).ok()?;
+        if w.op.is_some() {
+            return None;
+        }
+        let trades = w
+            .data?
+            .into_iter()
+            .map(|t| {
+                Some(ParsedTrade {
+                    symbol: t.symbol,
+                    trade_id: t.id,
+                    price: Decimal::parse(t.price).ok()?,
+                    size: Decimal::parse(t.size).ok()?,
+                    taker_side: match t.side {
+                        "Buy" => Side::Bid,
+                        "Sell" => Side::Ask,
+                        _ => return None,
+                    },
+                    time_ms: t.time,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some((w.topic?, trades))
+    }
+
+    /// The trade fast path takes every recorded trade push and reads what serde reads, and on
+    /// every cut and single-character corruption of them (and on keys it ignores, repeated
+    /// or nested) it reads what serde reads or declines.
+    #[test]
+    fn trade_fast_path_agrees_with_serde_on_recorded_and_corrupted_frames() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/bybit");
+        let mut frames = Vec::new();
+        for name in ["public_trade_linear_2026-08-09.jsonl", "public_trade_spot_2026-08-09.jsonl"] {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("needs ../shared/fixtures ({}): {e}", dir.display()));
+            frames.extend(text.lines().filter(|l| l.contains("\"topic\"")).map(String::from));
+        }
+        assert!(frames.len() >= 100, "{} frames", frames.len());
+        for f in &frames {
+            let fast = scan_trades(f.as_bytes()).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {}", &f[..f.len().min(300)]));
+            assert_eq!(Some(fast), serde_trades(f));
+        }
+        let (mut taken, mut declined) = (0, 0);
+        for f in frames.iter().filter(|f| f.len() < 700).take(12) {
+            let mut variants = ds_api::scan::corrupted_copies(f);
+            variants.push(f.replace(r#""ts":"#, r#""op":"subscribe","ts":"#));
+            variants.push(f.replace(r#""T":"#, r#""T":1,"T":"#));
+            variants.push(f.replace(r#""BT":"#, r#""BT":true,"BT":"#));
+            variants.push(f.replace(r#""BT":false"#, r#""BT":{"x":[1]}"#));
+            variants.push(f.replace(r#""BT":false"#, r#""BT":"a\u0062""#));
+            variants.push(f.replace(r#""BT":false"#, r#""BT":-1.5e3,"extra":null"#));
+            variants.push(f.replace(r#""S":"Buy""#, r#""S":"buy""#));
+            for v in &variants {
+                match scan_trades(v.as_bytes()) {
+                    Ok(fast) => {
+                        taken += 1;
+                        assert_eq!(Some(fast), serde_trades(v), "fast path read {v}");
+                    }
+                    Err(Decline) => declined += 1,
+                }
+            }
+            // Non-UTF-8 bytes in an ignored key or value: serde refuses the frame, so the fast
+            // path must decline it.
+            for (from, to) in [(&b"\"BT\""[..], &b"\"B\xff\""[..]), (b"\"MinusTick\"", b"\"Minus\xffick\""), (b"\"PlusTick\"", b"\"Plus\xffick\"")] {
+                let bytes = f.as_bytes();
+                if let Some(at) = bytes.windows(from.len()).position(|w| w == from) {
+                    let mut bad = bytes.to_vec();
+                    bad.splice(at..at + from.len(), to.iter().copied());
+                    assert_eq!(scan_trades(&bad).map(|_| ()), Err(Decline), "took a frame that is not UTF-8");
+                }
+            }
+        }
+        assert!(taken > 1000 && declined > 1000, "taken {taken}, declined {declined}");
     }
 
     /// The fast path takes every recorded order book push, and wherever it takes a frame

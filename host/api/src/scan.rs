@@ -92,21 +92,58 @@ impl<'a> Scan<'a> {
     /// reads the value and returns the key's number in the shape (0 to 31), or declines for a
     /// key the shape does not have. A key that comes twice declines too: serde calls that a
     /// duplicate field, and the fast path must not silently take the last one.
+    ///
+    /// `member` returns [`Self::IGNORED`] for a key the shape ignores (after reading its value
+    /// with [`Self::skip_plain_value`]): such a key may come any number of times, as serde
+    /// allows for a field it does not know.
     #[inline(always)]
     pub fn object(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Scanned<u32>) -> Scanned<()> {
         let mut seen = 0u32;
         self.byte(b'{')?;
         loop {
             let key = self.key()?;
-            let bit = 1u32.checked_shl(member(self, key)?).ok_or(Decline)?;
-            if seen & bit != 0 {
-                return Err(Decline);
+            let n = member(self, key)?;
+            if n != Self::IGNORED {
+                let bit = 1u32.checked_shl(n).ok_or(Decline)?;
+                if seen & bit != 0 {
+                    return Err(Decline);
+                }
+                seen |= bit;
             }
-            seen |= bit;
             if !self.more(b'}')? {
                 return Ok(());
             }
         }
+    }
+
+    /// What an [`Self::object`] member returns for a key the shape ignores.
+    pub const IGNORED: u32 = u32::MAX;
+
+    /// The value of a key the shape ignores, and the key itself checked to be UTF-8 (serde
+    /// refuses a frame that is not UTF-8 anywhere): a plain string, a number, `true`, `false`
+    /// or `null`. An object, an array or a string with an escape declines; serde reads those.
+    pub fn skip_ignored(&mut self, key: &[u8]) -> Scanned<u32> {
+        std::str::from_utf8(key).map_err(|_| Decline)?;
+        self.skip_plain_value()?;
+        Ok(Self::IGNORED)
+    }
+
+    /// Skips one value of the plain kinds [`Self::skip_ignored`] takes.
+    pub fn skip_plain_value(&mut self) -> Scanned<()> {
+        self.ws();
+        let rest = &self.b[self.i..];
+        let literal = [&b"true"[..], b"false", b"null"].into_iter().find(|l| rest.starts_with(l));
+        match (rest.first(), literal) {
+            (_, Some(l)) => self.i += l.len(),
+            (Some(b'"'), _) => {
+                self.str()?;
+            }
+            (Some(b'-' | b'0'..=b'9'), _) => {
+                self.number_at()?;
+            }
+            _ => return Err(Decline),
+        }
+        Ok(())
     }
 
     /// Only whitespace is left.
