@@ -464,15 +464,19 @@ fn put_int(buf: &mut [u8], mut at: usize, v: i64) -> usize {
 fn int_field(out: &mut Vec<u8>, key: &str, v: i64) {
     out.push(b',');
     out.extend_from_slice(key.as_bytes());
-    out.push(b'=');
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-    out.push(b'i');
+    let mut buf = [0u8; 24];
+    buf[0] = b'=';
+    let end = put_int(&mut buf, 1, v);
+    buf[end] = b'i';
+    out.extend_from_slice(&buf[..=end]);
 }
 
 fn timestamp(out: &mut Vec<u8>, ns: i64) {
-    out.push(b' ');
-    out.extend_from_slice(itoa::Buffer::new().format(ns).as_bytes());
-    out.push(b'\n');
+    let mut buf = [0u8; 24];
+    buf[0] = b' ';
+    let end = put_int(&mut buf, 1, ns);
+    buf[end] = b'\n';
+    out.extend_from_slice(&buf[..=end]);
 }
 
 /// Tag keys and values (and measurement names): escape comma, equals sign and space with a
@@ -499,6 +503,13 @@ fn escaped_tag(out: &mut impl Put, v: &str) {
 /// String field values: quoted, with `"` and `\` escaped; newlines written as `\n` text.
 pub fn string_value(out: &mut Vec<u8>, v: &str) {
     out.push(b'"');
+    // Almost every value (a trade id, a gap reason) has nothing to escape: one copy, not a
+    // push per byte.
+    if !v.bytes().any(|b| matches!(b, b'"' | b'\\' | b'\n' | b'\r')) {
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+        return;
+    }
     for &b in v.as_bytes() {
         match b {
             b'"' | b'\\' => {
