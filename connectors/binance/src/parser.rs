@@ -92,12 +92,16 @@ fn scan_frame(frame: &[u8]) -> Scanned<DepthUpdate<'_>> {
 }
 
 fn scan_event<'a>(s: &mut Scan<'a>) -> Scanned<DepthUpdate<'a>> {
-    let (mut event, mut symbol, mut first, mut last) = (None, None, None, None);
+    let (mut depth_update, mut symbol, mut first, mut last) = (false, None, None, None);
     let mut u = DepthUpdate { symbol: "", event_time_ms: None, first_update_id: 0, final_update_id: 0, bids: Vec::new(), asks: Vec::new() };
     s.object(|s, key| {
         Ok(match key {
             b"e" => {
-                event = Some(if s.is_str(b"depthUpdate") { &b"depthUpdate"[..] } else { s.raw_str()? });
+                // Any other event (`serverShutdown`) is serde's to read.
+                if !s.is_str(b"depthUpdate") {
+                    return Err(Decline);
+                }
+                depth_update = true;
                 0
             }
             b"E" => {
@@ -127,8 +131,8 @@ fn scan_event<'a>(s: &mut Scan<'a>) -> Scanned<DepthUpdate<'a>> {
             _ => return Err(Decline),
         })
     })?;
-    match (event, symbol, first, last) {
-        (Some(b"depthUpdate"), Some(symbol), Some(first), Some(last)) => {
+    match (depth_update, symbol, first, last) {
+        (true, Some(symbol), Some(first), Some(last)) => {
             u.symbol = symbol;
             u.first_update_id = first;
             u.final_update_id = last;
