@@ -47,19 +47,18 @@ impl LineProtocol {
             DataPacket::MI(m) => {
                 // What every level of the packet shares is formatted once (the id and time
                 // fields, the series per side); each level adds price, qty and its timestamp.
-                let shared = Shared::new(m.first_update_id, m.last_update_id, m.prev_update_id, m.event_time_ms);
-                levels(out, "book_delta", &m.instrument, &m.bids, &m.asks, &shared, m.recv_time_ns)
+                let tail = Tail::delta(m.first_update_id, m.last_update_id, m.prev_update_id, m.event_time_ms, m.recv_time_ns);
+                levels(out, "book_delta", &m.instrument, &m.bids, &m.asks, tail)
             }
             DataPacket::ST(s) => {
-                let ids = Shared::snapshot(s.cur_seq, s.prev_seq, s.timestamp);
+                let tail = Tail::snapshot(s.cur_seq, s.prev_seq, s.timestamp, s.recv_time_ns);
                 if s.bids.is_empty() && s.asks.is_empty() {
                     series(out, "book_snapshot", &s.instrument, Some("empty"));
                     out.extend_from_slice(b" levels=0i");
-                    out.extend_from_slice(ids.as_bytes());
-                    timestamp(out, s.recv_time_ns);
+                    tail.append_to(out);
                     return 1;
                 }
-                levels(out, "book_snapshot", &s.instrument, &s.bids, &s.asks, &ids, s.recv_time_ns)
+                levels(out, "book_snapshot", &s.instrument, &s.bids, &s.asks, tail)
             }
             DataPacket::Gap(g) => {
                 series(out, "book_gap", &g.instrument, None);
@@ -152,21 +151,20 @@ impl<const N: usize> Put for Block<N> {
 /// price, `,qty=`, the size, and the tail (the shared fields and the timestamp, whose digits
 /// are counted up in place). Each is copied as a fixed-size [`Block`], which the compiler
 /// turns into a few vector moves instead of a `memcpy` call per part.
-fn levels(out: &mut Vec<u8>, measurement: &'static str, inst: &Instrument, bids: &[Level], asks: &[Level], shared: &Shared, ts: i64) -> usize {
-    let mut tail = Tail::new(shared, ts);
+fn levels(out: &mut Vec<u8>, measurement: &'static str, inst: &Instrument, bids: &[Level], asks: &[Level], mut tail: Tail) -> usize {
     for (side, levels) in [(Side::Bid, bids), (Side::Ask, asks)] {
         if levels.is_empty() {
             continue;
         }
         with_head(measurement, inst, side, |head| {
             // About the exact size: one reservation per side instead of growth per line.
-            out.reserve(levels.len() * (head.len() + tail.block.len() + 2 * INLINE_TEXT + 8));
+            out.reserve(levels.len() * (head.len() + tail.len + 2 * INLINE_TEXT + 8));
             for level in levels {
                 head.append_to(out);
                 level.price.append_to(out);
                 out.extend_from_slice(b",qty=");
                 level.size.append_to(out);
-                tail.block.append_to(out);
+                tail.append_to(out);
                 tail.advance();
             }
         });
@@ -312,23 +310,8 @@ impl<const N: usize> Block<N> {
         self.len += bytes.len();
     }
 
-    fn truncate(&mut self, len: usize) {
-        self.len = len;
-        if !self.spill.is_empty() {
-            self.spill.truncate(len);
-        }
-    }
-
     fn len(&self) -> usize {
         self.len
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        if self.spill.is_empty() {
-            &mut self.buf[..self.len]
-        } else {
-            &mut self.spill
-        }
     }
 
     #[inline(always)]
@@ -343,42 +326,84 @@ impl<const N: usize> Block<N> {
     }
 }
 
-/// The end of every line of a packet: the shared integer fields, then ` <ns>\n`, where `ns`
-/// goes up by one per line. The digits are formatted once and then counted up in place.
+/// The end of every line of a packet: the integer fields all its levels share, then ` <ns>\n`,
+/// where `ns` goes up by one per line. Fields and digits are written once, in place, and then
+/// the last digits are counted up. The fields are written straight into this buffer: built in
+/// a buffer of their own and copied over, they cost a `memcpy` call per packet.
 struct Tail {
-    block: Block<128>,
+    buf: [u8; TAIL_ROOM],
+    len: usize,
     /// Length of the shared fields; the timestamp starts after them.
     shared: usize,
     ns: i64,
 }
 
+/// Room for the longest tail: four fields of at most 10 + 20 + 1 bytes (`,first_id=`, an
+/// `i64`'s 20 characters, `i`), or a snapshot's three, then [`TIME_TEXT`]. Writing never runs
+/// out of it.
+const TAIL_ROOM: usize = 160;
+
+/// ` <ns>\n`: a space, at most 20 characters of an `i64`, a newline.
+const TIME_TEXT: usize = 22;
+
+/// The longest fields (`,first_id=`, the longest of the keys, four times) and the time fit.
+const _: () = assert!(4 * (10 + 20 + 1) + TIME_TEXT <= TAIL_ROOM);
+
 impl Tail {
-    fn new(shared: &Shared, ns: i64) -> Self {
-        let mut t = Tail { block: Block::default(), shared: shared.len, ns };
-        if shared.len + TIME_TEXT <= 128 {
-            // The shared fields' buffer copied whole (a fixed-size copy, no `memcpy` call).
-            t.block.buf.copy_from_slice(&shared.buf[..128]);
-            t.block.len = shared.len;
-        } else {
-            t.block.push(shared.as_bytes());
+    fn delta(first: u64, last: u64, prev: Option<u64>, event_ms: Option<i64>, ns: i64) -> Self {
+        let mut t = Tail::at(ns);
+        t.int(b",first_id=", first as i64);
+        t.int(b",last_id=", last as i64);
+        if let Some(p) = prev {
+            t.int(b",prev_id=", p as i64);
         }
-        t.format();
-        t
+        if let Some(e) = event_ms {
+            t.int(b",event_ts=", e);
+        }
+        t.finish()
+    }
+
+    fn snapshot(id: u64, prev: Option<u64>, event_ms: Option<i64>, ns: i64) -> Self {
+        let mut t = Tail::at(ns);
+        t.int(b",snapshot_id=", id as i64);
+        if let Some(p) = prev {
+            t.int(b",prev_id=", p as i64);
+        }
+        if let Some(e) = event_ms {
+            t.int(b",event_ts=", e);
+        }
+        t.finish()
+    }
+
+    fn at(ns: i64) -> Self {
+        Tail { buf: [0; TAIL_ROOM], len: 0, shared: 0, ns }
+    }
+
+    /// `,<key>=<v>i`, `key` given with its comma and equals sign. Inlined, so the key is a
+    /// copy of a known length and the digits go straight into place: the copies of variable
+    /// length these were made of were a `memcpy` call each, fifteen per packet.
+    #[inline(always)]
+    fn int(&mut self, key: &'static [u8], v: i64) {
+        let at = self.len + key.len();
+        self.buf[self.len..at].copy_from_slice(key);
+        let end = put_int(&mut self.buf, at, v);
+        self.buf[end] = b'i';
+        self.len = end + 1;
+    }
+
+    /// The shared fields are written: the first line's timestamp follows them.
+    fn finish(mut self) -> Self {
+        self.shared = self.len;
+        self.format();
+        self
     }
 
     fn format(&mut self) {
-        self.block.truncate(self.shared);
-        if self.block.spill.is_empty() && self.block.len + TIME_TEXT <= 128 {
-            let buf = &mut self.block.buf;
-            buf[self.block.len] = b' ';
-            let end = put_int(buf, self.block.len + 1, self.ns);
-            buf[end] = b'\n';
-            self.block.len = end + 1;
-        } else {
-            self.block.push(b" ");
-            self.block.push(itoa::Buffer::new().format(self.ns).as_bytes());
-            self.block.push(b"\n");
-        }
+        let at = self.shared;
+        self.buf[at] = b' ';
+        let end = put_int(&mut self.buf, at + 1, self.ns);
+        self.buf[end] = b'\n';
+        self.len = end + 1;
     }
 
     /// `ns + 1`: the last digit goes up, nines roll over; a carry past the first digit (or a
@@ -391,7 +416,7 @@ impl Tail {
             return;
         }
         let first_digit = self.shared + 1;
-        let bytes = self.block.bytes_mut();
+        let bytes = &mut self.buf[..self.len];
         // The last digit sits before the newline.
         let mut i = bytes.len() - 2;
         loop {
@@ -410,72 +435,35 @@ impl Tail {
         self.format();
     }
 
+    /// Appends the tail as one fixed-size block (a few vector moves, no `memcpy` call), then
+    /// cuts the line back to its length.
+    #[inline(always)]
+    fn append_to(&self, out: &mut Vec<u8>) {
+        let end = out.len() + self.len;
+        if self.len <= 128 {
+            out.extend_from_slice(&self.buf[..128]);
+        } else {
+            out.extend_from_slice(&self.buf);
+        }
+        out.truncate(end);
+    }
+
+    #[cfg(test)]
+    fn shared_fields(&self) -> &[u8] {
+        &self.buf[..self.shared]
+    }
+
     #[cfg(test)]
     fn line_end(&self) -> &[u8] {
-        let bytes = if self.block.spill.is_empty() { &self.block.buf[..self.block.len] } else { &self.block.spill[..] };
-        &bytes[self.shared..]
-    }
-}
-
-/// ` <ns>\n`: a space, at most 20 characters of an `i64`, a newline.
-const TIME_TEXT: usize = 22;
-
-/// The integer fields every level of a packet shares, formatted once on the stack. The buffer
-/// has room for the most fields a packet has (four of at most 1 + 9 + 20 + 1 bytes, or the
-/// snapshot's three), so writing never runs out of it; 128 bytes of it are copied whole into
-/// the [`Tail`].
-struct Shared {
-    buf: [u8; 144],
-    len: usize,
-}
-
-impl Shared {
-    fn new(first: u64, last: u64, prev: Option<u64>, event_ms: Option<i64>) -> Self {
-        let mut s = Shared { buf: [0; 144], len: 0 };
-        s.int(b",first_id=", first as i64);
-        s.int(b",last_id=", last as i64);
-        if let Some(p) = prev {
-            s.int(b",prev_id=", p as i64);
-        }
-        if let Some(e) = event_ms {
-            s.int(b",event_ts=", e);
-        }
-        s
-    }
-
-    fn snapshot(id: u64, prev: Option<u64>, event_ms: Option<i64>) -> Self {
-        let mut s = Shared { buf: [0; 144], len: 0 };
-        s.int(b",snapshot_id=", id as i64);
-        if let Some(p) = prev {
-            s.int(b",prev_id=", p as i64);
-        }
-        if let Some(e) = event_ms {
-            s.int(b",event_ts=", e);
-        }
-        s
-    }
-
-    /// `,<key>=<v>i`, `key` given with its comma and equals sign. Inlined, so the key is a
-    /// copy of a known length and the digits go straight into place: the copies of variable
-    /// length these were made of were a `memcpy` call each, fifteen per packet.
-    #[inline(always)]
-    fn int(&mut self, key: &'static [u8], v: i64) {
-        let at = self.len + key.len();
-        self.buf[self.len..at].copy_from_slice(key);
-        let end = put_int(&mut self.buf, at, v);
-        self.buf[end] = b'i';
-        self.len = end + 1;
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[self.shared..self.len]
     }
 
     #[cfg(test)]
-    fn raw(bytes: &[u8]) -> Self {
-        let mut s = Shared { buf: [0; 144], len: bytes.len() };
-        s.buf[..bytes.len()].copy_from_slice(bytes);
-        s
+    fn raw(shared: &[u8], ns: i64) -> Self {
+        let mut t = Tail::at(ns);
+        t.buf[..shared.len()].copy_from_slice(shared);
+        t.len = shared.len();
+        t.finish()
     }
 }
 
@@ -659,17 +647,20 @@ mod tests {
         }
         // The longest fields a packet can have still fit the buffer.
         let widest = u64::MAX / 2 + 1;
-        let s = Shared::new(widest, widest, Some(widest), Some(i64::MIN));
         let m = i64::MIN;
-        assert_eq!(s.as_bytes(), format!(",first_id={m}i,last_id={m}i,prev_id={m}i,event_ts={m}i").as_bytes());
-        assert_eq!(Shared::new(u64::MAX, 7, None, None).as_bytes(), b",first_id=-1i,last_id=7i");
+        let t = Tail::delta(widest, widest, Some(widest), Some(m), m);
+        assert_eq!(t.shared_fields(), format!(",first_id={m}i,last_id={m}i,prev_id={m}i,event_ts={m}i").as_bytes());
+        assert_eq!(t.line_end(), format!(" {m}\n").as_bytes());
+        let t = Tail::snapshot(widest, Some(widest), Some(m), m);
+        assert_eq!(t.line_end(), format!(" {m}\n").as_bytes());
+        assert_eq!(Tail::delta(u64::MAX, 7, None, None, 0).shared_fields(), b",first_id=-1i,last_id=7i");
     }
 
     #[test]
     fn timestamps_count_up_across_digit_rollovers() {
         for start in [0i64, 7, 98, 999, 1_999_999_999_999_999_998, -3] {
             for shared in [&b",a=1i"[..], &[b'x'; 126][..]] {
-                let mut tail = Tail::new(&Shared::raw(shared), start);
+                let mut tail = Tail::raw(shared, start);
                 for k in 0..1_500 {
                     assert_eq!(tail.line_end(), format!(" {}\n", start + k).as_bytes(), "from {start}, +{k}");
                     tail.advance();
