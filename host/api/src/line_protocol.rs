@@ -354,25 +354,13 @@ impl Tail {
         let mut t = Tail::at(ns);
         t.int(b",first_id=", first as i64);
         t.int(b",last_id=", last as i64);
-        if let Some(p) = prev {
-            t.int(b",prev_id=", p as i64);
-        }
-        if let Some(e) = event_ms {
-            t.int(b",event_ts=", e);
-        }
-        t.finish()
+        t.finish(prev, event_ms)
     }
 
     fn snapshot(id: u64, prev: Option<u64>, event_ms: Option<i64>, ns: i64) -> Self {
         let mut t = Tail::at(ns);
         t.int(b",snapshot_id=", id as i64);
-        if let Some(p) = prev {
-            t.int(b",prev_id=", p as i64);
-        }
-        if let Some(e) = event_ms {
-            t.int(b",event_ts=", e);
-        }
-        t.finish()
+        t.finish(prev, event_ms)
     }
 
     fn at(ns: i64) -> Self {
@@ -391,8 +379,15 @@ impl Tail {
         self.len = end + 1;
     }
 
-    /// The shared fields are written: the first line's timestamp follows them.
-    fn finish(mut self) -> Self {
+    /// The optional fields both kinds end with; then the first line's timestamp follows the
+    /// shared fields.
+    fn finish(mut self, prev: Option<u64>, event_ms: Option<i64>) -> Self {
+        if let Some(p) = prev {
+            self.int(b",prev_id=", p as i64);
+        }
+        if let Some(e) = event_ms {
+            self.int(b",event_ts=", e);
+        }
         self.shared = self.len;
         self.format();
         self
@@ -463,7 +458,7 @@ impl Tail {
         let mut t = Tail::at(ns);
         t.buf[..shared.len()].copy_from_slice(shared);
         t.len = shared.len();
-        t.finish()
+        t.finish(None, None)
     }
 }
 
