@@ -332,9 +332,10 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// `[[p, s], ...]` appended to `out`, where `p` and `s` are decimal strings (Binance,
-    /// Bybit) or, with `NUMBERS`, bare JSON numbers (HTX). `[]` appends nothing.
-    pub fn levels<const NUMBERS: bool>(&mut self, out: &mut Vec<Level>) -> Scanned<()> {
+    /// `[[p, s], ...]` appended to `out` by the general loop alone: the reference the tests
+    /// hold [`Self::levels_exact`] (what the connectors call) to.
+    #[cfg(test)]
+    fn levels<const NUMBERS: bool>(&mut self, out: &mut Vec<Level>) -> Scanned<()> {
         self.byte(b'[')?;
         self.ws();
         if self.b.get(self.i) == Some(&b']') {
@@ -397,7 +398,9 @@ impl<'a> Scan<'a> {
         false
     }
 
-    /// [`Self::levels`] into a vector of exactly their number.
+    /// `[[p, s], ...]`, where `p` and `s` are decimal strings (Binance, Bybit) or, with
+    /// `NUMBERS`, bare JSON numbers (HTX), into a vector of exactly their number; `[]` is an
+    /// empty one.
     ///
     /// JSON gives no count up front, and growing a vector level by level costs a malloc and
     /// reallocs with copies per side. So the compact form is read in two passes: the first
