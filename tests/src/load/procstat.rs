@@ -2,8 +2,9 @@
 //! listening port (to find influxd from its URL).
 //!
 //! `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the process's CPU time over all its
-//! threads, in clock ticks; `/proc/<pid>/status` has `VmRSS` (resident now) and `VmHWM` (peak
-//! resident). Read directly rather than through a crate: a handful of lines, and these are
+//! threads, in clock ticks; `/proc/<pid>/task/<tid>/schedstat` has each live thread's in
+//! nanoseconds ([`CpuSample`] uses both); `/proc/<pid>/status` has `VmRSS` (resident now) and
+//! `VmHWM` (peak resident). Read directly rather than through a crate: a handful of lines, and these are
 //! exactly the numbers `top` and `ps` show.
 
 use std::path::Path;
@@ -30,6 +31,44 @@ pub fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / ticks)
+}
+
+/// A process's CPU time at one instant, as `/proc` tells it two ways: the process total in
+/// clock ticks (10 ms: a quiet service's 30 s window is a dozen ticks, so one tick is 8% of it)
+/// and the sum of its live threads' nanoseconds (exact, but blind to a thread that has exited).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuSample {
+    /// `utime + stime`, in seconds (whole ticks).
+    pub total_s: f64,
+    /// Sum over `/proc/<pid>/task/*/schedstat` of the first field, run time in ns.
+    pub threads_ns: u64,
+}
+
+/// Both readings of a process's CPU time; `None` when it is gone.
+pub fn cpu_sample(pid: u32, ticks: f64) -> Option<CpuSample> {
+    let total_s = cpu_seconds(pid, ticks)?;
+    let mut threads_ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        // A thread can exit between the listing and the read: it then counts in `total_s` only.
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        threads_ns += text.split_whitespace().next().and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(CpuSample { total_s, threads_ns })
+}
+
+/// CPU seconds from `a` to `b`: the threads' exact sum, unless the process total grew by more
+/// than two ticks beyond it, which means a thread that ran in between has exited (its time
+/// stays only in the total); then the total.
+pub fn cpu_between(a: CpuSample, b: CpuSample, ticks: f64) -> f64 {
+    let exact = b.threads_ns.saturating_sub(a.threads_ns) as f64 / 1e9;
+    let coarse = b.total_s - a.total_s;
+    if coarse > exact + 2.0 / ticks {
+        coarse
+    } else {
+        exact
+    }
 }
 
 /// Resident memory now and at its peak, in bytes.
@@ -114,6 +153,75 @@ mod tests {
         let m = memory(me).expect("memory");
         assert!(m.rss > 0 && m.peak >= m.rss);
         assert_eq!(cpu_seconds(u32::MAX, ticks), None);
+        assert_eq!(cpu_sample(u32::MAX, ticks), None);
+    }
+
+    /// Burns `ns` of this thread's own CPU time (by its own schedstat), whatever else runs.
+    fn burn(ns: u64) {
+        let own = || -> u64 {
+            let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            text.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        let start = own();
+        let mut x = 0u64;
+        while own() < start + ns {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+    }
+
+    /// 300 ms burnt by a thread that outlives both samples: the exact reading has all of it,
+    /// and the tick total agrees to two ticks. Burnt by a thread that exits between them: only
+    /// the tick total keeps it, and `cpu_between` falls back to that.
+    #[test]
+    fn thread_time_is_exact_and_the_ticks_catch_exited_threads() {
+        const BURN_NS: u64 = 300_000_000;
+        let me = std::process::id();
+        let ticks = clock_ticks();
+        let tick = 1.0 / ticks;
+
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            go_rx.recv().unwrap();
+            burn(BURN_NS);
+            done_tx.send(()).unwrap();
+            // Alive until the second sample is taken.
+            let _ = go_rx.recv();
+        });
+        let threads = || -> Vec<String> {
+            let mut t: Vec<String> = std::fs::read_dir("/proc/self/task").unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            t.sort();
+            t
+        };
+        let before = threads();
+        let a = cpu_sample(me, ticks).unwrap();
+        go_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+        let b = cpu_sample(me, ticks).unwrap();
+        let after = threads();
+        drop(go_tx);
+        worker.join().unwrap();
+        let exact = (b.threads_ns as f64 - a.threads_ns as f64) / 1e9;
+        assert!(b.total_s - a.total_s >= 0.29 - 2.0 * tick, "{a:?} {b:?}");
+        assert!(cpu_between(a, b, ticks) >= exact);
+        // Exact when no thread came or went meanwhile (always so under nextest, one test per
+        // process; `cargo test` runs other tests' threads alongside). A running thread's
+        // schedstat lags by up to a scheduler tick, hence 0.29 for 0.3.
+        if before == after {
+            assert!((0.29..0.39).contains(&exact), "{a:?} {b:?}");
+            assert_eq!(cpu_between(a, b, ticks), exact);
+        }
+
+        let a = cpu_sample(me, ticks).unwrap();
+        std::thread::spawn(|| burn(BURN_NS)).join().unwrap();
+        let b = cpu_sample(me, ticks).unwrap();
+        let exact = (b.threads_ns as f64 - a.threads_ns as f64) / 1e9;
+        let coarse = b.total_s - a.total_s;
+        assert!(exact < 0.3, "the exited thread is not among the live ones: {a:?} {b:?}");
+        assert!(coarse >= 0.29 - 2.0 * tick, "{a:?} {b:?}");
+        assert_eq!(cpu_between(a, b, ticks), coarse);
     }
 
     #[test]

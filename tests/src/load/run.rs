@@ -139,10 +139,14 @@ pub async fn run(args: &LoadArgs) -> Result<Outcome, String> {
     // The measurement window.
     summary.load_avg_1m = load_average();
     let me = std::process::id();
-    let cpu = |p: u32| procstat::cpu_seconds(p, ticks).unwrap_or(0.0);
+    let cpu = |p: u32| procstat::cpu_sample(p, ticks);
+    let used = |a: Option<procstat::CpuSample>, b: Option<procstat::CpuSample>| match (a, b) {
+        (Some(a), Some(b)) => Some(procstat::cpu_between(a, b, ticks)),
+        _ => None,
+    };
     let (x0, e0) = (exchange.counts(), endpoint.counts());
     let (ds0, tool0) = (cpu(pid), cpu(me));
-    let influx0 = influxd_pid.and_then(|p| procstat::cpu_seconds(p, ticks));
+    let influx0 = influxd_pid.and_then(cpu);
     endpoint.set_window_start(super::now_ms());
     let window_start = Instant::now();
     if failure.is_none() {
@@ -151,15 +155,9 @@ pub async fn run(args: &LoadArgs) -> Result<Outcome, String> {
     endpoint.set_window_end(super::now_ms());
     summary.window_s = window_start.elapsed().as_secs_f64();
     let (x1, e1) = (exchange.counts(), endpoint.counts());
-    summary.ds_cpu_s = cpu(pid) - ds0;
-    summary.tool_cpu_s = cpu(me) - tool0;
-    summary.influxd_cpu_s = match (
-        influx0,
-        influxd_pid.and_then(|p| procstat::cpu_seconds(p, ticks)),
-    ) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    summary.ds_cpu_s = used(ds0, cpu(pid)).unwrap_or(0.0);
+    summary.tool_cpu_s = used(tool0, cpu(me)).unwrap_or(0.0);
+    summary.influxd_cpu_s = used(influx0, influxd_pid.and_then(cpu));
     if let Some(m) = procstat::memory(pid) {
         summary.ds_rss = m.rss;
         summary.ds_peak_rss = m.peak;
