@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ds_api::capture::{CaptureRecord, Payload, RecordKind};
 use ds_api::traits::Parser;
-use ds_api::{ConfigError, DataPacket, FeedSpec, FeedStats, GapReason, Instrument, InvalidFrame, Replayer, Symbols};
+use ds_api::{ConfigError, DataPacket, FastMap, FeedSpec, FeedStats, GapReason, Instrument, InvalidFrame, Replayer, Symbols};
 
 use crate::book_sync::{BookSync, HeldUpdate};
 use crate::parser::{parse_snapshot, DepthFrame, DepthParser, DepthSnapshot};
@@ -28,7 +28,7 @@ pub struct DepthReplayer {
     books: Vec<BookSync>,
     /// Connection each book was seen on: a `close` record ends only that connection's books.
     conn_of: Vec<u32>,
-    by_symbol: HashMap<Arc<str>, usize>,
+    by_symbol: FastMap<Arc<str>, usize>,
     preloaded: HashMap<String, DepthSnapshot>,
     stats: FeedStats,
 }
@@ -46,7 +46,7 @@ impl DepthReplayer {
             max_held: options.max_held_updates,
             books: Vec::new(),
             conn_of: Vec::new(),
-            by_symbol: HashMap::new(),
+            by_symbol: FastMap::default(),
             preloaded: HashMap::new(),
             stats: FeedStats::default(),
         }))

@@ -9,7 +9,6 @@
 //! closed once the replacement carries every book. No gap, no resync: the chain of update ids
 //! does not care which connection delivered an event.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use ds_api::buffer::PacketSender;
 use ds_api::stats::RateLimit;
 use ds_api::traits::Parser;
 use ds_api::ws::{Disconnect, Flow, SessionHandler, WsMessage};
-use ds_api::{async_trait, clock, DataPacket, FeedStats, GapReason, Instrument, InvalidFrame, Shutdown};
+use ds_api::{async_trait, clock, DataPacket, FastMap, FeedStats, GapReason, Instrument, InvalidFrame, Shutdown};
 
 use crate::book_sync::{BookSync, HeldUpdate, SyncOutcome};
 use crate::overlap::{Origin, Overlap};
@@ -43,7 +42,7 @@ pub struct DepthSession {
     feed: Arc<str>,
     url: String,
     books: Vec<BookSync>,
-    by_symbol: HashMap<Arc<str>, usize>,
+    by_symbol: FastMap<Arc<str>, usize>,
     pending: Vec<bool>,
     /// Bumped on every disconnect: answers to requests of an older connection are ignored.
     generation: u64,

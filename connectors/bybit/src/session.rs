@@ -7,7 +7,6 @@
 //! every request Bybit must answer is tracked in [`Subscriptions`] and checked on each
 //! heartbeat tick, so a missing answer turns into a reconnect, not a hang.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,7 @@ use ds_api::stats::RateLimit;
 use ds_api::traits::Parser;
 use ds_api::ws::{Disconnect, Flow, SessionHandler, WsMessage, WsStream};
 use ds_api::clock::{self, SeriesClock};
-use ds_api::{async_trait, DataPacket, FeedStats, GapReason, Instrument, InvalidFrame, Trade};
+use ds_api::{async_trait, DataPacket, FastMap, FeedStats, GapReason, Instrument, InvalidFrame, Trade};
 
 use crate::book_sync::{BookMessage, BookSync, SyncOutcome};
 use crate::options::{Category, SessionOptions};
@@ -57,7 +56,7 @@ pub trait TopicFeed: Send + 'static {
 }
 
 /// Topic name -> index, for a cheap lookup by the frame's borrowed `topic`.
-fn topic_index(topics: &[String]) -> HashMap<Box<str>, usize> {
+fn topic_index(topics: &[String]) -> FastMap<Box<str>, usize> {
     topics.iter().enumerate().map(|(i, t)| (Box::from(t.as_str()), i)).collect()
 }
 
@@ -68,7 +67,7 @@ fn instrument(category: Category, symbol: &str) -> Instrument {
 /// `orderbook.{depth}.{symbol}` topics, each with its [`BookSync`].
 pub struct OrderbookTopics {
     topics: Vec<String>,
-    by_topic: HashMap<Box<str>, usize>,
+    by_topic: FastMap<Box<str>, usize>,
     books: Vec<BookSync>,
 }
 
@@ -123,7 +122,7 @@ impl TopicFeed for OrderbookTopics {
 /// where that shows.
 pub struct TradeTopics {
     topics: Vec<String>,
-    by_topic: HashMap<Box<str>, usize>,
+    by_topic: FastMap<Box<str>, usize>,
     instruments: Vec<Instrument>,
     /// One clock per symbol's trade series (see `ds_api::clock::SeriesClock`).
     clocks: Vec<SeriesClock>,

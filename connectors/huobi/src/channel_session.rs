@@ -10,14 +10,13 @@
 //! their own series each point set is a complete book at its instant, which is exactly what
 //! a rebuild of that series needs (contract 3).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ds_api::buffer::PacketSender;
 use ds_api::traits::Parser;
 use ds_api::ws::{Disconnect, Flow, SessionHandler, WsMessage, WsStream};
 use ds_api::clock::{self, SeriesClock};
-use ds_api::{async_trait, DataPacket, FeedStats, Instrument, Side, Snapshot, Trade};
+use ds_api::{async_trait, DataPacket, FastMap, FeedStats, Instrument, Side, Snapshot, Trade};
 use tracing::warn;
 
 use crate::gzip::Gunzip;
@@ -38,11 +37,11 @@ pub fn market_of(channel: Channel) -> &'static str {
 struct ChannelState {
     link: Link,
     channel: Channel,
-    instruments: HashMap<Box<str>, Instrument>,
+    instruments: FastMap<Box<str>, Instrument>,
     /// One clock per symbol's trade series (see `ds_api::clock::SeriesClock`). Periodic
     /// snapshots (`depth.step0`, `mbp.refresh`) keep the process-wide clock: they write the
     /// same `book_snapshot` series as an MBP feed of the same symbol would.
-    trade_clocks: HashMap<Box<str>, SeriesClock>,
+    trade_clocks: FastMap<Box<str>, SeriesClock>,
     packets: Vec<DataPacket>,
 }
 
@@ -87,7 +86,7 @@ impl ChannelSession {
                 link: Link::new(feed, topics, ack_timeout, out, stats),
                 channel,
                 instruments,
-                trade_clocks: HashMap::new(),
+                trade_clocks: FastMap::default(),
                 packets: Vec::new(),
             },
         }

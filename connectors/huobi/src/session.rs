@@ -26,7 +26,7 @@ use tracing::warn;
 use ds_api::buffer::PacketSender;
 use ds_api::traits::Parser;
 use ds_api::ws::{Disconnect, Flow, SessionHandler, WsMessage, WsStream};
-use ds_api::{async_trait, DataPacket, FeedStats, GapReason, Instrument};
+use ds_api::{async_trait, DataPacket, FastMap, FeedStats, GapReason, Instrument};
 
 use crate::book_sync::{MbpSnapshot, MbpSync, MbpUpdate, SyncOutcome};
 use crate::gzip::Gunzip;
@@ -140,7 +140,7 @@ struct MbpBooks {
     link: Link,
     channel: Channel,
     books: Vec<MbpSync>,
-    by_symbol: HashMap<Box<str>, usize>,
+    by_symbol: FastMap<Box<str>, usize>,
     /// When each book's subscription was acknowledged on this connection.
     acked_at: Vec<Option<Instant>>,
     reqs: ReqPacer,

@@ -13,6 +13,7 @@
 //! - [`clock`]: unique timestamps per series ([`clock::SeriesClock`]), so replays reproduce them
 //! - [`scan`]: the strict fast path in front of serde for depth frames
 //! - [`bench`]: floor and path timed in alternation, for the connectors' benches
+//! - [`fast_map`]: the map of the per-frame lookups (symbol or topic to book)
 //! - [`capture`], [`replay`]: raw frame capture files and the connectors' replay hook
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod decimal;
 pub mod error;
+pub mod fast_map;
 pub mod http;
 pub mod line_protocol;
 pub mod packet;
@@ -43,6 +45,7 @@ pub use inventory;
 
 pub use config::{parse_options, FeedSpec, Secret, SinkSpec, Symbols};
 pub use decimal::Decimal;
+pub use fast_map::FastMap;
 pub use error::{ConfigError, DBError, ListenerError, ParseError, SymbolError};
 pub use packet::{Ack, DataPacket, GapMarker, GapReason, Instrument, InvalidFrame, Level, Lines, MarketIncremental, Side, Snapshot, Trade};
 pub use replay::Replayer;
