@@ -18,7 +18,7 @@ use connector_binance::parser::{parse_snapshot, DepthFrame, DepthParser, DepthSn
 use ds_api::bench::paired;
 use ds_api::line_protocol::LineProtocol;
 use ds_api::traits::Parser;
-use ds_api::{FeedStats, Instrument};
+use ds_api::{FastMap, FeedStats, Instrument};
 
 struct Capture {
     frames: Vec<String>,
@@ -66,12 +66,14 @@ fn synced_books(c: &Capture) -> Vec<(String, BookSync)> {
 fn service_path(c: &Capture, synced: &[(String, BookSync)], out: &mut Vec<u8>) -> usize {
     let stats = FeedStats::default();
     let mut books = synced.to_vec();
+    // The book found by its symbol as `DepthSession::on_message` finds it: the same map.
+    let by_symbol: FastMap<Arc<str>, usize> = books.iter().enumerate().map(|(i, (s, _))| (Arc::from(s.as_str()), i)).collect();
     let mut packets = Vec::with_capacity(4);
     let mut points = 0;
     for f in &c.frames {
         if let Ok(DepthFrame::Update(u)) = DepthParser.parse(f.as_bytes()) {
-            if let Some((_, book)) = books.iter_mut().find(|(s, _)| s == u.symbol) {
-                book.on_update(HeldUpdate::from_update(u, 1), &mut packets, &stats);
+            if let Some(&i) = by_symbol.get(u.symbol) {
+                books[i].1.on_update(HeldUpdate::from_update(u, 1), &mut packets, &stats);
             }
         }
         for p in packets.drain(..) {

@@ -9,23 +9,23 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 
 use connector_bybit::options::Category;
 use connector_bybit::parser::{BookFrame, OrderbookParser, TradeFrame, TradeParser};
-use connector_bybit::session::{TopicFeed, TradeTopics};
-use connector_bybit::book_sync::{BookMessage, BookSync};
+use connector_bybit::session::{OrderbookTopics, TopicFeed, TradeTopics};
 use ds_api::bench::paired;
 use ds_api::line_protocol::LineProtocol;
 use ds_api::traits::Parser;
-use ds_api::{FeedStats, Instrument};
+use ds_api::FeedStats;
 
 struct Capture {
     /// (market, frame) in capture order, spot then linear.
-    books: Vec<(&'static str, String)>,
+    books: Vec<(Category, String)>,
+    /// The order books' symbols per market, in order of first appearance.
+    book_symbols: [Vec<String>; 2],
     levels: u64,
     trades: Vec<(Category, String)>,
     trade_count: u64,
@@ -42,16 +42,20 @@ fn load() -> Capture {
             .collect()
     };
     let mut books = Vec::new();
-    for (market, file) in [("spot", "orderbook_200_spot_2026-08-09.jsonl"), ("linear", "orderbook_200_linear_2026-08-09.jsonl")] {
-        books.extend(read(file).into_iter().map(|f| (market, f)));
+    for (cat, file) in [(Category::Spot, "orderbook_200_spot_2026-08-09.jsonl"), (Category::Linear, "orderbook_200_linear_2026-08-09.jsonl")] {
+        books.extend(read(file).into_iter().map(|f| (cat, f)));
     }
-    let levels = books
-        .iter()
-        .map(|(_, f)| match OrderbookParser.parse(f.as_bytes()).unwrap() {
-            BookFrame::Update(u) => (u.bids.len() + u.asks.len()) as u64,
-            BookFrame::Reply(_) => 0,
-        })
-        .sum();
+    let mut book_symbols: [Vec<String>; 2] = Default::default();
+    let mut levels = 0;
+    for (cat, f) in &books {
+        if let BookFrame::Update(u) = OrderbookParser.parse(f.as_bytes()).unwrap() {
+            levels += (u.bids.len() + u.asks.len()) as u64;
+            let seen = &mut book_symbols[usize::from(*cat == Category::Linear)];
+            if !seen.iter().any(|s| s == u.symbol) {
+                seen.push(u.symbol.to_string());
+            }
+        }
+    }
     let mut trades = Vec::new();
     for (cat, file) in [(Category::Spot, "public_trade_spot_2026-08-09.jsonl"), (Category::Linear, "public_trade_linear_2026-08-09.jsonl")] {
         trades.extend(read(file).into_iter().map(|f| (cat, f)));
@@ -63,27 +67,21 @@ fn load() -> Capture {
             TradeFrame::Reply(_) => 0,
         })
         .sum();
-    Capture { books, levels, trades, trade_count }
+    Capture { books, book_symbols, levels, trades, trade_count }
 }
 
-/// The service path for order books: one pass over both captures with fresh books.
+/// The service path for order books: one pass over both captures with fresh books, through
+/// the session's own dispatch (`OrderbookTopics`: the topic looked up, the symbol checked,
+/// then the book's `BookSync`), one per market as each market has its own connections.
 fn book_path(c: &Capture, out: &mut Vec<u8>) -> usize {
     let stats = FeedStats::default();
-    let mut books: Vec<(&'static str, String, BookSync)> = Vec::new();
+    let mut spot = OrderbookTopics::new(Category::Spot, 200, &c.book_symbols[0]);
+    let mut linear = OrderbookTopics::new(Category::Linear, 200, &c.book_symbols[1]);
     let mut packets = Vec::with_capacity(4);
     let mut points = 0;
-    for (market, f) in &c.books {
-        if let Ok(BookFrame::Update(u)) = OrderbookParser.parse(f.as_bytes()) {
-            let i = match books.iter().position(|(m, t, _)| m == market && t == u.topic) {
-                Some(i) => i,
-                None => {
-                    let inst = Instrument { exchange: "bybit", market, symbol: Arc::from(u.symbol) };
-                    books.push((market, u.topic.to_string(), BookSync::new(inst)));
-                    books.len() - 1
-                }
-            };
-            books[i].2.on_message(BookMessage::from_update(u, 1), &mut packets, &stats);
-        }
+    for (cat, f) in &c.books {
+        let feed = if *cat == Category::Spot { &mut spot } else { &mut linear };
+        let _ = feed.on_frame(f.as_bytes(), 1, &mut packets, &stats);
         for p in packets.drain(..) {
             points += LineProtocol::encode(&p, out);
         }
