@@ -5,8 +5,8 @@
 //! collide; here the keys are the feed's own subscriptions, fixed when the session starts, and
 //! a frame naming anything else is refused whatever it hashes to. FxHash (`rustc-hash`, the
 //! hasher of rustc's own tables) reads such a 7- to 25-byte name a word at a time. In the Bybit
-//! bench, which goes through the session's `OrderbookTopics`, the path ran at 0.535 of the
-//! serde floor with SipHash and 0.59 with FxHash (medians of 20 alternated runs each).
+//! bench, which goes through the session's `OrderbookTopics`, the path ran 4.8% faster with
+//! FxHash than with SipHash (median of 20 alternated pairs of runs, 17 of 18 faster).
 
 use std::collections::HashMap;
 
