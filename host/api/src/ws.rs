@@ -644,7 +644,6 @@ async fn send_all(ws: &mut WsStream, outbox: &mut Vec<Message>) -> Result<(), St
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
