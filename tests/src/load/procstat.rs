@@ -4,8 +4,8 @@
 //! `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the process's CPU time over all its
 //! threads, in clock ticks; `/proc/<pid>/task/<tid>/schedstat` has each live thread's in
 //! nanoseconds ([`CpuSample`] uses both); `/proc/<pid>/status` has `VmRSS` (resident now) and
-//! `VmHWM` (peak resident). Read directly rather than through a crate: a handful of lines, and these are
-//! exactly the numbers `top` and `ps` show.
+//! `VmHWM` (peak resident). Read directly rather than through a crate: a handful of lines,
+//! and these are exactly the numbers `top` and `ps` show.
 
 use std::path::Path;
 
