@@ -140,10 +140,7 @@ pub async fn run(args: &LoadArgs) -> Result<Outcome, String> {
     summary.load_avg_1m = load_average();
     let me = std::process::id();
     let cpu = |p: u32| procstat::cpu_sample(p, ticks);
-    let used = |a: Option<procstat::CpuSample>, b: Option<procstat::CpuSample>| match (a, b) {
-        (Some(a), Some(b)) => Some(procstat::cpu_between(a, b, ticks)),
-        _ => None,
-    };
+    let used = |a: Option<procstat::CpuSample>, b: Option<procstat::CpuSample>| a.zip(b).map(|(a, b)| procstat::cpu_between(a, b, ticks));
     let (x0, e0) = (exchange.counts(), endpoint.counts());
     let (ds0, tool0) = (cpu(pid), cpu(me));
     let influx0 = influxd_pid.and_then(cpu);
