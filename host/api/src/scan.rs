@@ -318,7 +318,7 @@ impl<'a> Scan<'a> {
         let start = self.i;
         // The common form, digits with at most one dot ending at the quote, checked 16 bytes
         // at a time.
-        if let Some(len) = b.get(start..start + 16).and_then(plain_decimal_len) {
+        if let Some(len) = window16(b, start).and_then(|w| plain_decimal_len(&w)) {
             self.i = start + len + 1;
             return Ok((start, len));
         }
@@ -377,9 +377,9 @@ impl<'a> Scan<'a> {
     fn compact_str_levels(&mut self, found: &mut Vec<LevelAt>) -> bool {
         let b = self.b;
         let mut i = self.i;
-        while let Some(p_len) = pattern_at(b, i, b"[\"").and_then(|p| b.get(p..p + 16)).and_then(plain_decimal_len) {
+        while let Some(p_len) = pattern_at(b, i, b"[\"").and_then(|p| window16(b, p)).and_then(|w| plain_decimal_len(&w)) {
             let p = i + 2;
-            let Some(s_len) = pattern_at(b, p + p_len, b"\",\"").and_then(|s| b.get(s..s + 16)).and_then(plain_decimal_len) else { break };
+            let Some(s_len) = pattern_at(b, p + p_len, b"\",\"").and_then(|s| window16(b, s)).and_then(|w| plain_decimal_len(&w)) else { break };
             let s = p + p_len + 3;
             let Some(after) = pattern_at(b, s + s_len, b"\"]") else { break };
             let last = match b.get(after) {
@@ -476,6 +476,25 @@ impl LevelAt {
     #[inline(always)]
     fn level(self, frame: &[u8]) -> Level {
         Level { price: Decimal::from_checked_in(frame, self.price, self.price_len), size: Decimal::from_checked_in(frame, self.size, self.size_len) }
+    }
+}
+
+/// The 16 bytes of `b` from `at`, zero-filled past its end. A zero byte is a control
+/// character, which no window check takes for a quote, a digit or a dot, so a text that ends
+/// inside the frame reads as it would from a full window and one that does not is refused.
+/// Without the fill the last level of a frame (Binance's asks end `"0.75000000"]]}}`, 15
+/// bytes) never had 16 bytes left and went through the general loop, and its side through a
+/// second vector.
+#[inline(always)]
+fn window16(b: &[u8], at: usize) -> Option<[u8; 16]> {
+    match b.get(at..at + 16) {
+        Some(w) => w.try_into().ok(),
+        None => {
+            let rest = b.get(at..)?;
+            let mut w = [0u8; 16];
+            w[..rest.len()].copy_from_slice(rest);
+            Some(w)
+        }
     }
 }
 
@@ -746,6 +765,32 @@ mod tests {
         for bad in [r#"[["1","2"],]"#, r#"[["1","2"]"#, r#"[["1","2"],["x","1"]]"#, r#"[["1","2""#, r#"[["1","2"],["3","4"]"#] {
             assert_eq!(Scan::new(bad).levels::<false>(&mut out), Err(Decline), "{bad}");
             assert_eq!(Scan::new(bad).levels_exact::<false>(), Err(Decline), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_compact_pattern_reads_up_to_the_last_byte_of_the_frame() {
+        // Binance's asks end the frame: fewer than 16 bytes follow the last size. The
+        // pattern must still take every level (a zero-filled window), at any distance from
+        // the end, and refuse a level cut by the end as the general loop does.
+        for tail in ["", "}", "}}", "}}}}}}}}}}}}}}}}"] {
+            let text = format!(r#"[["58055.02000000","0.75000000"],["1","2"]]{tail}"#);
+            let mut sc = Scan::new(&text);
+            sc.byte(b'[').unwrap();
+            let mut found = Vec::new();
+            assert!(sc.compact_str_levels(&mut found), "{text}");
+            let b = text.as_bytes();
+            let got: Vec<_> = found.iter().map(|at| at.level(b)).map(|l| (l.price.as_str().to_owned(), l.size.as_str().to_owned())).collect();
+            assert_eq!(got, [("58055.02000000".into(), "0.75000000".into()), ("1".into(), "2".into())], "{text}");
+            assert_eq!(&b[sc.i..], tail.as_bytes());
+        }
+        for cut in [r#"[["1","2"],["3","4"#, r#"[["1","2"],["3","4""#, r#"[["1","2"],["3","4"]"#, r#"[["1","2"],["3"#] {
+            let mut sc = Scan::new(cut);
+            sc.byte(b'[').unwrap();
+            let mut found = Vec::new();
+            assert!(!sc.compact_str_levels(&mut found), "{cut}");
+            assert_eq!(found.len(), 1, "{cut}");
+            assert_eq!(Scan::new(cut).levels_exact::<false>(), Err(Decline), "{cut}");
         }
     }
 
