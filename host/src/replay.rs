@@ -189,8 +189,11 @@ fn run(mut reader: RecordReader, replayer: &mut dyn ds_api::Replayer, output: &m
     summary.gaps = stats.gaps.get();
     summary.invalid = stats.invalid.get();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
+    if let Some(note) = not_stored_note(stats.out_of_sequence.get(), &replayer.never_synced()) {
+        eprintln!("replay: {note}");
+    }
     eprintln!(
-        "replay: {} frames, {} points ({} levels), {} gaps, {} invalid in {:.3} s: {:.0} frames/s, {:.0} points/s",
+        "replay: {} frames, {} points ({} levels), {} gaps, {} invalid in {:.3} s: {:.0} frames/s, {:.0} levels/s, {:.0} points/s",
         summary.frames,
         summary.points,
         summary.levels,
@@ -198,9 +201,28 @@ fn run(mut reader: RecordReader, replayer: &mut dyn ds_api::Replayer, output: &m
         summary.invalid,
         secs,
         summary.frames as f64 / secs,
+        summary.levels as f64 / secs,
         summary.points as f64 / secs
     );
     Ok(summary)
+}
+
+/// Why updates of the input were not stored, when some were not: a replay that stores
+/// nothing and says nothing would look like a parser that reads nothing.
+fn not_stored_note(out_of_sequence: u64, never_synced: &[String]) -> Option<String> {
+    if out_of_sequence == 0 && never_synced.is_empty() {
+        return None;
+    }
+    let mut note = format!("{out_of_sequence} updates not stored (out of sequence, or held for a snapshot)");
+    if !never_synced.is_empty() {
+        const SHOWN: usize = 10;
+        let mut names = never_synced.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+        if never_synced.len() > SHOWN {
+            names += &format!(" and {} more", never_synced.len() - SHOWN);
+        }
+        note += &format!("; never synced: {names}: the input holds no snapshot for them (a plain file needs --snapshot SYMBOL=FILE)");
+    }
+    Some(note)
 }
 
 /// Encodes and counts the packets; returns the points added to `lines`.

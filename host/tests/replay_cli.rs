@@ -100,8 +100,31 @@ fn the_fixture_file_replays_into_the_null_sink_with_a_summary() {
     assert_eq!(figure(&stderr, "frames"), frames.len() as u64, "{stderr}");
     assert_eq!(figure(&stderr, "points"), expected_points as u64, "{stderr}");
     assert_eq!(figure(&stderr, "gaps"), 0, "{stderr}");
-    assert!(stderr.contains("frames/s") && stderr.contains("points/s"), "{stderr}");
+    assert!(stderr.contains("frames/s") && stderr.contains("levels/s") && stderr.contains("points/s"), "{stderr}");
+    assert!(!stderr.contains("not stored"), "every book synced: {stderr}");
     assert!(!dir.join("data").exists() || std::fs::read_dir(dir.join("data")).unwrap().next().is_none(), "nothing written to the file sink");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_plain_file_without_snapshots_says_which_books_never_synced() {
+    let Some(fixtures) = ds_tests::fixtures::fixtures_dir() else { return };
+    let dir = temp_dir("unsynced");
+    let config = write_config(&dir, &["BTCUSDT", "ETHUSDT", "DOTUSDT"]);
+    let frames_file = fixtures.join("binance/depth_update_combined_2021-04-04.jsonl");
+    let text = std::fs::read_to_string(&frames_file).unwrap();
+    let count = |symbol: &str| text.lines().filter(|l| l.contains(&format!("\"s\":\"{symbol}\""))).count() as u64;
+    // Only DOTUSDT gets its snapshot: the other two books hold every update to the end.
+    let snap = fixtures.join("binance/rest_depth_snapshot_2021-04-04_DOTUSDT.json");
+    let out = replay(&config, &["--input", frames_file.to_str().unwrap(), "--sink", "null", "--snapshot", &format!("DOTUSDT={}", snap.display())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let note = stderr.lines().find(|l| l.contains("not stored")).unwrap_or_else(|| panic!("no note on what was not stored: {stderr}"));
+    assert!(note.contains("never synced: BTCUSDT, ETHUSDT:") && note.contains("--snapshot SYMBOL=FILE"), "{note}");
+    let held = figure(&format!("replay: {}", note.trim_start_matches("replay: ")), "updates");
+    assert!(held >= count("BTCUSDT") + count("ETHUSDT"), "{held} < the two books' frames: {note}");
+    // The summary line still comes last.
+    assert!(stderr.lines().last().unwrap_or("").contains(" frames, "), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -85,6 +85,14 @@ impl BookSync {
         matches!(self.state, State::Synced { .. })
     }
 
+    /// Updates held for a snapshot that has not come yet.
+    pub fn held(&self) -> usize {
+        match &self.state {
+            State::AwaitingSnapshot { held } => held.len(),
+            State::Synced { .. } => 0,
+        }
+    }
+
     /// The last update id this book has taken in, applied or held for its snapshot: an event
     /// that ends at or before it brings nothing new. `None` while nothing is held and no
     /// snapshot is applied. A rollover's overlap tells the copies of one event apart with it.

@@ -29,6 +29,8 @@ pub struct DepthReplayer {
     /// Connection each book was seen on: a `close` record ends only that connection's books.
     conn_of: Vec<u32>,
     by_symbol: FastMap<Arc<str>, usize>,
+    /// Whether each book has been synced by a snapshot at least once.
+    ever_synced: Vec<bool>,
     preloaded: HashMap<String, DepthSnapshot>,
     stats: FeedStats,
 }
@@ -47,6 +49,7 @@ impl DepthReplayer {
             books: Vec::new(),
             conn_of: Vec::new(),
             by_symbol: FastMap::default(),
+            ever_synced: Vec::new(),
             preloaded: HashMap::new(),
             stats: FeedStats::default(),
         }))
@@ -65,6 +68,7 @@ impl DepthReplayer {
         let sym: Arc<str> = Arc::from(symbol);
         self.books.push(BookSync::new(Instrument { exchange: "binance", market: "spot", symbol: sym.clone() }, self.max_held));
         self.conn_of.push(conn);
+        self.ever_synced.push(false);
         self.by_symbol.insert(sym, self.books.len() - 1);
         Some(self.books.len() - 1)
     }
@@ -89,6 +93,7 @@ impl DepthReplayer {
                 if let Some(snap) = self.preloaded.remove(&symbol) {
                     self.stats.resyncs.inc();
                     self.books[i].on_snapshot_at(snap, at_ns, out, &self.stats);
+                    self.ever_synced[i] |= self.books[i].is_synced();
                 }
             }
             Ok(DepthFrame::ServerShutdown) => self.stats.control.inc(),
@@ -110,6 +115,7 @@ impl DepthReplayer {
             Ok(snap) => {
                 self.stats.resyncs.inc();
                 self.books[i].on_snapshot_at(snap, at_ns, out, &self.stats);
+                self.ever_synced[i] |= self.books[i].is_synced();
             }
             // The live run logged it and asked again; so does the capture's next record.
             Err(e) => tracing::warn!(url, error = %e, "recorded snapshot does not parse; skipped"),
@@ -142,6 +148,18 @@ impl Replayer for DepthReplayer {
                 }
             }
         }
+    }
+
+    /// Updates still held for a snapshot when the input ends are not stored: they count as
+    /// out of sequence, as at a disconnect, but no gap is written (the file ended, not the
+    /// connection).
+    fn finish(&mut self, _out: &mut Vec<DataPacket>) {
+        let held: usize = self.books.iter().map(BookSync::held).sum();
+        self.stats.out_of_sequence.add(held as u64);
+    }
+
+    fn never_synced(&self) -> Vec<String> {
+        self.books.iter().zip(&self.ever_synced).filter(|(_, synced)| !**synced).map(|(b, _)| b.instrument().symbol.to_string()).collect()
     }
 
     fn stats(&self) -> &FeedStats {

@@ -29,6 +29,13 @@ pub trait Replayer: Send {
     /// emits nothing.
     fn finish(&mut self, _out: &mut Vec<DataPacket>) {}
 
+    /// After [`Self::finish`]: the books that never synced, whose updates were held and not
+    /// stored, so that the command can say why (a plain file has no REST snapshot). Empty
+    /// for connectors that sync in-band.
+    fn never_synced(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Counters of what was seen (frames, invalid, gaps ...).
     fn stats(&self) -> &crate::FeedStats;
 }
