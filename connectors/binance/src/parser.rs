@@ -121,11 +121,11 @@ fn scan_event<'a>(s: &mut Scan<'a>) -> Scanned<DepthUpdate<'a>> {
                 4
             }
             b"b" => {
-                u.bids = s.levels_exact::<false>()?;
+                u.bids = s.levels_exact_to_end()?;
                 5
             }
             b"a" => {
-                u.asks = s.levels_exact::<false>()?;
+                u.asks = s.levels_exact_to_end()?;
                 6
             }
             _ => return Err(Decline),
