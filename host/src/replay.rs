@@ -220,7 +220,7 @@ fn not_stored_note(out_of_sequence: u64, never_synced: &[String]) -> Option<Stri
         if never_synced.len() > SHOWN {
             names += &format!(" and {} more", never_synced.len() - SHOWN);
         }
-        note += &format!("; never synced: {names}: the input holds no snapshot for them (a plain file needs --snapshot SYMBOL=FILE)");
+        note += &format!("; never synced: {names}: no snapshot in the input synced them (a plain file needs --snapshot SYMBOL=FILE)");
     }
     Some(note)
 }

@@ -610,9 +610,9 @@ fn short_str_len(window: &[u8]) -> Option<usize> {
     (window.get(k) == Some(&b'"')).then_some(k)
 }
 
-/// SWAR over a 16-byte window (little-endian) starting right after an opening quote: when it holds a
-/// closing quote and every byte before it is a digit or a dot (at most one dot, at least one
-/// digit), the text's length; `None` sends the string to the general check.
+/// SWAR over a 16-byte window (little-endian) starting right after an opening quote: when it
+/// holds a closing quote and every byte before it is a digit or a dot (at most one dot, at
+/// least one digit), the text's length; `None` sends the string to the general check.
 #[inline(always)]
 fn plain_decimal_len(x: u128) -> Option<usize> {
     let quotes = bytes_equal(x, b'"');
