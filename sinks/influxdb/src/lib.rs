@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod gzip;
 pub mod probe;
 pub mod quarantine;
 pub mod rejected;

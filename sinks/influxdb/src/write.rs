@@ -1,15 +1,13 @@
 //! One HTTP write request: the body (optionally gzip), authentication, the retrying client.
 
-use std::io::Write;
 use std::time::Duration;
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 
 use crate::config::{Auth, InfluxConfig};
+use crate::gzip::GzipBody;
 use crate::retry::{self, RetryAfterMiddleware};
 
 /// The final answer to a write request, after the middleware's retries.
@@ -94,10 +92,10 @@ impl Writer {
 /// fastest level shrinks it several times, at a fraction of the default level's CPU.
 ///
 /// The lines go to the encoder in 64 KiB chunks, not one `write` per line and newline: each
-/// `write` call has a fixed cost in flate2 (with the miniz_oxide backend it zero-filled the
+/// call has a fixed cost in the encoder (with flate2's miniz_oxide backend it zero-filled the
 /// encoder's whole 32 KiB output buffer every time, a quarter of data-storage's CPU in a
 /// `ds-load` profile at two calls per point). Chunks, rather than the whole body joined first,
-/// keep the temporary buffer small.
+/// keep the temporary buffer small. The encoder's state is reused ([`GzipBody`]).
 pub fn body(lines: &[&[u8]], gzip: bool) -> Vec<u8> {
     const CHUNK: usize = 64 * 1024;
     let len: usize = lines.iter().map(|l| l.len() + 1).sum();
@@ -109,19 +107,18 @@ pub fn body(lines: &[&[u8]], gzip: bool) -> Vec<u8> {
         }
         return out;
     }
-    let mut enc = GzEncoder::new(Vec::with_capacity(len / 4 + 64), Compression::fast());
+    let mut gz = GzipBody::new(len);
     let mut chunk = Vec::with_capacity(CHUNK.min(len));
-    // Writing to a Vec cannot fail.
     for l in lines {
         if !chunk.is_empty() && chunk.len() + l.len() + 1 > CHUNK {
-            let _ = enc.write_all(&chunk);
+            gz.write(&chunk);
             chunk.clear();
         }
         chunk.extend_from_slice(l);
         chunk.push(b'\n');
     }
-    let _ = enc.write_all(&chunk);
-    enc.finish().unwrap_or_default()
+    gz.write(&chunk);
+    gz.finish()
 }
 
 #[cfg(test)]
