@@ -81,8 +81,9 @@ fn deflate(z: &mut Compress, mut input: &[u8], out: &mut Vec<u8>, flush: FlushCo
             Ok(Status::StreamEnd) => return,
             Ok(_) if flush == FlushCompress::None && input.is_empty() => return,
             Ok(_) => {}
-            // Deflate into memory has no failure mode but a misuse of the state; a body that
-            // ends short would be refused by InfluxDB and kept for retry, not lost.
+            // Deflate into memory has no failure mode but a misuse of the state. A body cut
+            // short by one is refused by InfluxDB, and refused lines go to the quarantine
+            // with their reason (`crate::quarantine`), not to the floor.
             Err(e) => {
                 tracing::error!(error = %e, "gzip of a write body failed");
                 return;
