@@ -73,6 +73,13 @@ impl DepthReplayer {
         Some(self.books.len() - 1)
     }
 
+    /// A snapshot for book `i`, preloaded or recorded, applied as the live session applies it.
+    fn apply_snapshot(&mut self, i: usize, snap: DepthSnapshot, at_ns: i64, out: &mut Vec<DataPacket>) {
+        self.stats.resyncs.inc();
+        self.books[i].on_snapshot_at(snap, at_ns, out, &self.stats);
+        self.ever_synced[i] |= self.books[i].is_synced();
+    }
+
     fn invalid(&mut self, reason: String, raw: &str, at_ns: i64, out: &mut Vec<DataPacket>) {
         self.stats.invalid.inc();
         self.stats.points.inc();
@@ -91,9 +98,7 @@ impl DepthReplayer {
                 // make on `NeedSnapshot` is already in the file.
                 self.books[i].on_update(HeldUpdate::from_update(u, at_ns), out, &self.stats);
                 if let Some(snap) = self.preloaded.remove(&symbol) {
-                    self.stats.resyncs.inc();
-                    self.books[i].on_snapshot_at(snap, at_ns, out, &self.stats);
-                    self.ever_synced[i] |= self.books[i].is_synced();
+                    self.apply_snapshot(i, snap, at_ns, out);
                 }
             }
             Ok(DepthFrame::ServerShutdown) => self.stats.control.inc(),
@@ -112,11 +117,7 @@ impl DepthReplayer {
         };
         let Some(i) = self.book(&symbol.to_uppercase(), record.conn) else { return };
         match parse_snapshot(body) {
-            Ok(snap) => {
-                self.stats.resyncs.inc();
-                self.books[i].on_snapshot_at(snap, at_ns, out, &self.stats);
-                self.ever_synced[i] |= self.books[i].is_synced();
-            }
+            Ok(snap) => self.apply_snapshot(i, snap, at_ns, out),
             // The live run logged it and asked again; so does the capture's next record.
             Err(e) => tracing::warn!(url, error = %e, "recorded snapshot does not parse; skipped"),
         }
