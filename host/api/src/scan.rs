@@ -58,6 +58,30 @@ impl<'a> Scan<'a> {
         self.b[self.i..].starts_with(prefix)
     }
 
+    /// Exactly `text` at the cursor, no whitespace before it: the separators and keys of a
+    /// frame whose layout is known (Binance writes every `depthUpdate` with the same keys in the
+    /// same order), matched as one compare instead of key by key. A frame laid out any other
+    /// way declines here and is read member by member ([`Self::object`]).
+    #[inline(always)]
+    pub fn literal(&mut self, text: &[u8]) -> Scanned<()> {
+        if self.try_literal(text) {
+            Ok(())
+        } else {
+            Err(Decline)
+        }
+    }
+
+    /// [`Self::literal`] as a question: true (and consumed) when `text` is at the cursor.
+    #[inline(always)]
+    pub fn try_literal(&mut self, text: &[u8]) -> bool {
+        let end = self.i + text.len();
+        let matched = self.b.get(self.i..end) == Some(text);
+        if matched {
+            self.i = end;
+        }
+        matched
+    }
+
     /// Whitespace, then exactly `c`.
     #[inline]
     pub fn byte(&mut self, c: u8) -> Scanned<()> {
