@@ -94,7 +94,7 @@ impl Parser for OrderbookParser {
     type Output<'a> = BookFrame<'a>;
 
     fn parse<'a>(&self, frame: &'a [u8]) -> Result<BookFrame<'a>, ParseError> {
-        if let Ok(update) = scan_book(frame) {
+        if let Ok(update) = scan_book_layout(frame).or_else(|_| scan_book(frame)) {
             return Ok(BookFrame::Update(update));
         }
         let text = utf8(frame)?;
@@ -120,6 +120,52 @@ impl Parser for OrderbookParser {
             asks: data.asks,
         }))
     }
+}
+
+/// The fastest path: an order book push in one of the two layouts Bybit writes (`topic ts type
+/// data cts` on spot, `topic type ts data cts` on linear; `data` as `s b a u seq`), with no
+/// whitespace, read as fixed texts and values with no key lookup: each separator-and-key run
+/// is one compare instead of a key read, a match and a duplicate check. Any other layout
+/// declines at its first difference, and [`scan_book`] reads the frame member by member.
+fn scan_book_layout(frame: &[u8]) -> Scanned<BookUpdate<'_>> {
+    let mut s = Scan::from_bytes(frame);
+    s.literal(br#"{"topic":"#)?;
+    let topic = s.str()?;
+    let kind = |s: &mut Scan<'_>| {
+        s.literal(br#","type":"#)?;
+        if s.is_str(b"delta") {
+            Ok(UpdateKind::Delta)
+        } else if s.is_str(b"snapshot") {
+            Ok(UpdateKind::Snapshot)
+        } else {
+            Err(Decline)
+        }
+    };
+    let kind = if s.try_literal(br#","ts":"#) {
+        s.i64()?;
+        kind(&mut s)?
+    } else {
+        let kind = kind(&mut s)?;
+        s.literal(br#","ts":"#)?;
+        s.i64()?;
+        kind
+    };
+    s.literal(br#","data":{"s":"#)?;
+    let symbol = s.str()?;
+    s.literal(br#","b":"#)?;
+    let bids = s.levels_exact::<false>()?;
+    s.literal(br#","a":"#)?;
+    let asks = s.levels_exact::<false>()?;
+    s.literal(br#","u":"#)?;
+    let update_id = s.u64()?;
+    s.literal(br#","seq":"#)?;
+    let cross_seq = Some(s.u64()?);
+    s.literal(br#"},"cts":"#)?;
+    // `cts` is present, so it is the event time (`ts` only stands in for a missing one).
+    let event_time_ms = Some(s.i64()?);
+    s.literal(b"}")?;
+    s.end()?;
+    Ok(BookUpdate { topic, symbol, kind, update_id, cross_seq, event_time_ms, bids, asks })
 }
 
 /// The fast path ([`ds_api::scan`]): an order book push exactly as Bybit writes it, top-level
@@ -475,27 +521,59 @@ mod tests {
             frames.extend(text.lines().filter(|l| l.contains("\"topic\"")).map(String::from));
         }
         assert!(frames.len() > 2000, "{} frames", frames.len());
-        for f in &frames {
-            let fast = scan_book(f.as_bytes()).unwrap_or_else(|_| panic!("fast path declined a recorded frame: {}", &f[..f.len().min(300)]));
-            assert_eq!(Some(fast), serde_book(f));
-        }
-        let (mut taken, mut declined) = (0, 0);
-        // The shorter pushes (deltas), so that every cut and substitution is tried.
-        for f in frames.iter().filter(|f| f.len() < 600).take(30) {
-            let mut variants = ds_api::scan::corrupted_copies(f);
-            variants.push(f.replace(r#""cts":"#, r#""op":"subscribe","cts":"#));
-            variants.push(f.replace(r#""u":"#, r#""u":1,"u":"#));
-            for v in &variants {
-                match scan_book(v.as_bytes()) {
-                    Ok(fast) => {
-                        taken += 1;
-                        assert_eq!(Some(fast), serde_book(v), "fast path read {v}");
+        // Both fast paths: the layout one and the member-by-member one it falls back to.
+        type FastPath = fn(&[u8]) -> Scanned<BookUpdate<'_>>;
+        let paths: [(&str, FastPath); 2] = [("scan_book_layout", scan_book_layout), ("scan_book", scan_book)];
+        for (name, path) in paths {
+            for f in &frames {
+                let fast = path(f.as_bytes()).unwrap_or_else(|_| panic!("{name} declined a recorded frame: {}", &f[..f.len().min(300)]));
+                assert_eq!(Some(fast), serde_book(f), "{name}");
+            }
+            let (mut taken, mut declined) = (0, 0);
+            // The shorter pushes (deltas), so that every cut and substitution is tried.
+            for f in frames.iter().filter(|f| f.len() < 600).take(30) {
+                let mut variants = ds_api::scan::corrupted_copies(f);
+                variants.push(f.replace(r#""cts":"#, r#""op":"subscribe","cts":"#));
+                variants.push(f.replace(r#""u":"#, r#""u":1,"u":"#));
+                for v in &variants {
+                    match path(v.as_bytes()) {
+                        Ok(fast) => {
+                            taken += 1;
+                            assert_eq!(Some(fast), serde_book(v), "{name} read {v}");
+                        }
+                        Err(Decline) => declined += 1,
                     }
-                    Err(Decline) => declined += 1,
                 }
             }
+            assert!(taken > 1000 && declined > 1000, "{name}: taken {taken}, declined {declined}");
         }
-        assert!(taken > 1000 && declined > 1000, "taken {taken}, declined {declined}");
+    }
+
+    /// The layout path takes both of Bybit's layouts and nothing else: another key order,
+    /// whitespace or a missing `cts` declines there, and the member-by-member path reads it.
+    #[test]
+    fn only_the_exchange_layouts_take_the_layout_path() {
+        let spot = r#"{"topic":"orderbook.200.BTCUSDT","ts":1786310816516,"type":"delta","data":{"s":"BTCUSDT","b":[["65140.4","0.885797"]],"a":[],"u":7461296,"seq":112488544036},"cts":1786310816513}"#;
+        let linear = r#"{"topic":"orderbook.200.BTCUSDT","type":"snapshot","ts":1786310816516,"data":{"s":"BTCUSDT","b":[],"a":[["65140.5","0.532"]],"u":7461296,"seq":112488544036},"cts":1786310816513}"#;
+        for (f, kind) in [(spot, UpdateKind::Delta), (linear, UpdateKind::Snapshot)] {
+            let u = scan_book_layout(f.as_bytes()).unwrap_or_else(|_| panic!("declined {f}"));
+            assert_eq!((u.topic, u.symbol, u.kind, u.update_id, u.cross_seq, u.event_time_ms), ("orderbook.200.BTCUSDT", "BTCUSDT", kind, 7461296, Some(112488544036), Some(1786310816513)));
+            assert_eq!(u.bids.len() + u.asks.len(), 1);
+            assert_eq!(scan_book(f.as_bytes()), Ok(u));
+        }
+        let other_layouts = [
+            spot.replace(r#","u":7461296,"seq":112488544036"#, r#","seq":112488544036,"u":7461296"#),
+            spot.replace(r#","cts":1786310816513"#, ""),
+            linear.replace(r#","ts":"#, r#", "ts":"#),
+            spot.replace(r#""type":"delta""#, r#""type":"Delta""#),
+            format!("{linear}}}"),
+        ];
+        for f in &other_layouts {
+            assert_eq!(scan_book_layout(f.as_bytes()).err(), Some(Decline), "{f}");
+            assert_eq!(OrderbookParser.parse(f.as_bytes()).ok().map(|b| format!("{b:?}")), serde_book(f).map(|u| format!("{:?}", BookFrame::Update(u))), "{f}");
+        }
+        // Without `cts`, `ts` is the event time.
+        assert!(matches!(OrderbookParser.parse(other_layouts[1].as_bytes()), Ok(BookFrame::Update(u)) if u.event_time_ms == Some(1786310816516)));
     }
 
     /// (topic, kind, u, bids, asks, event time) or an error fragment.
