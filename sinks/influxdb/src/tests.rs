@@ -165,6 +165,42 @@ async fn partial_write_quarantines_only_the_named_line() {
     assert_eq!(s.points_quarantined(), 1);
 }
 
+/// The batch goes out as the buffer made it, byte for byte, in one request.
+#[tokio::test]
+async fn a_batch_is_posted_as_it_is() {
+    for gzip in ["gzip = false", "gzip = true"] {
+        let server = ScriptedServer::start([Reply::status(204)]).await;
+        let dir = tempfile::tempdir().unwrap();
+        sink(&server, dir.path(), gzip).write(LINES.as_bytes(), 4).await.unwrap();
+        let reqs = server.requests();
+        assert_eq!(reqs.len(), 1, "{gzip}");
+        assert_eq!(reqs[0].text(), LINES, "{gzip}");
+    }
+    // Without its last newline (never from the buffer) it is sent as lines, terminated.
+    let server = ScriptedServer::start([Reply::status(204)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    sink(&server, dir.path(), "").write(LINES.trim_end().as_bytes(), 4).await.unwrap();
+    assert_eq!(server.requests()[0].text(), LINES);
+}
+
+/// A refusal of a batch with a blank line numbers lines the server's way, not ours: the lines
+/// are sent again, and that refusal is the one read.
+#[tokio::test]
+async fn a_refused_batch_with_a_blank_line_is_sent_again_as_lines() {
+    let input = "m,a=1 x=\"s\" 5\n\nm,a=1 x=1.5 6\nm,a=1 x=\"t\" 7\n";
+    let body = r#"{"error":"partial write: field type conflict: input field \"x\" on measurement \"m\" is type string, already exists as type float dropped=2"}"#;
+    let server = ScriptedServer::start([Reply::body(400, body), Reply::body(400, body), Reply::status(204)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = sink(&server, dir.path(), "").write(input.as_bytes(), 3).await.unwrap_err();
+    assert!(matches!(&err, DBError::Rejected { reason, .. } if reason.contains("2 of 3 points quarantined")), "{err:?}");
+    assert_eq!(data_lines(&quarantined(dir.path())), ["m,a=1 x=\"s\" 5", "m,a=1 x=\"t\" 7"]);
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs[0].text(), input);
+    assert_eq!(reqs[1].text(), "m,a=1 x=\"s\" 5\nm,a=1 x=1.5 6\nm,a=1 x=\"t\" 7\n");
+    assert_eq!(reqs[2].lines(), ["m,a=1 x=1.5 6"]);
+}
+
 #[tokio::test]
 async fn type_conflict_quarantines_the_conflicting_lines() {
     let input = "m,a=1 x=\"s\" 5\nm,a=1 x=1.5 6\nm,a=1 x=\"t\" 7\n";

@@ -67,6 +67,16 @@ impl Writer {
     /// Sends `lines` (one point each, without their newlines) and returns the final status and
     /// body. `Err` only when no response came back at all, after the middleware's retries.
     pub async fn post(&self, lines: &[&[u8]]) -> Result<Reply, reqwest_middleware::Error> {
+        self.send(body(lines, self.gzip)).await
+    }
+
+    /// [`Self::post`] of a whole batch as the buffer made it (newline-terminated lines): its
+    /// text is the body as it is, with no pass over its lines.
+    pub async fn post_text(&self, text: &[u8]) -> Result<Reply, reqwest_middleware::Error> {
+        self.send(text_body(text, self.gzip)).await
+    }
+
+    async fn send(&self, body: Vec<u8>) -> Result<Reply, reqwest_middleware::Error> {
         let mut req = self.client.post(self.url.clone()).header(CONTENT_TYPE, "text/plain; charset=utf-8");
         if let Auth::Basic { username, password } = &self.auth {
             req = req.basic_auth(username, Some(password.expose()));
@@ -77,7 +87,7 @@ impl Writer {
         if self.gzip {
             req = req.header(CONTENT_ENCODING, "gzip");
         }
-        let resp = req.body(body(lines, self.gzip)).send().await?;
+        let resp = req.body(body).send().await?;
         let status = resp.status();
         let retry_after = retry::retry_after(resp.headers());
         let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -118,6 +128,17 @@ pub fn body(lines: &[&[u8]], gzip: bool) -> Vec<u8> {
         chunk.push(b'\n');
     }
     gz.write(&chunk);
+    gz.finish()
+}
+
+/// [`body`] of text that is already newline-terminated lines: one copy, or one pass of the
+/// encoder straight over it (no chunk buffer needed, as nothing is joined).
+pub fn text_body(text: &[u8], gzip: bool) -> Vec<u8> {
+    if !gzip {
+        return text.to_vec();
+    }
+    let mut gz = GzipBody::new(text.len());
+    gz.write(text);
     gz.finish()
 }
 
