@@ -144,7 +144,8 @@ pub fn packet_channel(sink: &str, capacity: usize, stats: Arc<SinkStats>) -> (Pa
 /// A batch of line protocol.
 #[derive(Debug)]
 struct Batch {
-    lines: Vec<u8>,
+    /// Shared, not copied, with the sink that sends it ([`Sink::write_shared`]).
+    lines: bytes::Bytes,
     points: usize,
     /// Signals of the [`crate::packet::Lines`] packets in this batch: fired when the sink
     /// stored it, dropped unfired when it goes to the spool (the spool keeps only lines), so
@@ -155,7 +156,7 @@ struct Batch {
 impl Batch {
     /// The batch encoded so far, leaving an empty one with room for a full batch of lines.
     fn take(lines: &mut Vec<u8>, points: &mut usize, acks: &mut Vec<crate::packet::Ack>) -> Batch {
-        Batch { lines: std::mem::replace(lines, Vec::with_capacity(1 << 20)), points: std::mem::take(points), acks: std::mem::take(acks) }
+        Batch { lines: std::mem::replace(lines, Vec::with_capacity(1 << 20)).into(), points: std::mem::take(points), acks: std::mem::take(acks) }
     }
 }
 
@@ -331,7 +332,7 @@ impl Buffer {
             }
         }
         if points > 0 {
-            handle.hand_off(Batch { lines, points, acks }).await;
+            handle.hand_off(Batch { lines: lines.into(), points, acks }).await;
         }
         handle.with(|s, _, _| s.closed = true).await;
         handle.wake.notify_one();
@@ -390,7 +391,7 @@ impl Writer {
                         return Next::Batch(b, Source::Memory);
                     }
                     match s.spool.read_front() {
-                        Ok(Some((lines, points))) => Next::Batch(Batch { lines, points, acks: Vec::new() }, Source::Spool),
+                        Ok(Some((lines, points))) => Next::Batch(Batch { lines: lines.into(), points, acks: Vec::new() }, Source::Spool),
                         Ok(None) if s.closed => Next::Done,
                         Ok(None) => Next::Idle,
                         Err(e) => {
@@ -438,10 +439,10 @@ impl Writer {
             let started = std::time::Instant::now();
             self.handle.stats.write_started.set(now_ns());
             let attempt = match *deadline {
-                Some(d) => tokio::time::timeout_at(d, self.sink.write(&b.lines, points))
+                Some(d) => tokio::time::timeout_at(d, self.sink.write_shared(&b.lines, points))
                     .await
                     .unwrap_or_else(|_| Err(DBError::Retryable { reason: "stop deadline reached".into(), retry_after: None })),
-                None => self.sink.write(&b.lines, points).await,
+                None => self.sink.write_shared(&b.lines, points).await,
             };
             let stats = &self.handle.stats;
             stats.write_latency.observe(started.elapsed());
@@ -491,7 +492,7 @@ impl Writer {
                             })
                             .await;
                         source = Source::Spool;
-                        batch = self.handle.with(|s, _, _| s.spool.read_front().ok().flatten().map(|(lines, points)| Batch { lines, points, acks: Vec::new() })).await;
+                        batch = self.handle.with(|s, _, _| s.spool.read_front().ok().flatten().map(|(lines, points)| Batch { lines: lines.into(), points, acks: Vec::new() })).await;
                     } else {
                         self.handle.with(|s, _, _| s.healthy = false).await;
                     }

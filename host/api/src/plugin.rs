@@ -72,6 +72,13 @@ pub trait Sink: Send {
     /// `Auth`): then the buffer keeps the batch and calls again later.
     async fn write(&mut self, lines: &[u8], points: usize) -> Result<(), DBError>;
 
+    /// [`Self::write`] of a batch held in a reference-counted buffer, which the sink may keep
+    /// without a copy (an HTTP sink sends it as the request body). The buffer calls this one;
+    /// a sink that has no use for the buffer itself leaves it to `write`.
+    async fn write_shared(&mut self, lines: &bytes::Bytes, points: usize) -> Result<(), DBError> {
+        self.write(lines, points).await
+    }
+
     /// Makes written data durable (fsync, close files). Called once at stop.
     async fn close(&mut self) -> Result<(), DBError> {
         Ok(())

@@ -165,13 +165,14 @@ async fn partial_write_quarantines_only_the_named_line() {
     assert_eq!(s.points_quarantined(), 1);
 }
 
-/// The batch goes out as the buffer made it, byte for byte, in one request.
+/// The batch goes out as the buffer made it (through `write_shared`, as the buffer calls it),
+/// byte for byte, in one request.
 #[tokio::test]
 async fn a_batch_is_posted_as_it_is() {
     for gzip in ["gzip = false", "gzip = true"] {
         let server = ScriptedServer::start([Reply::status(204)]).await;
         let dir = tempfile::tempdir().unwrap();
-        sink(&server, dir.path(), gzip).write(LINES.as_bytes(), 4).await.unwrap();
+        sink(&server, dir.path(), gzip).write_shared(&bytes::Bytes::from_static(LINES.as_bytes()), 4).await.unwrap();
         let reqs = server.requests();
         assert_eq!(reqs.len(), 1, "{gzip}");
         assert_eq!(reqs[0].text(), LINES, "{gzip}");

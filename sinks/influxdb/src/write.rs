@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
@@ -71,12 +73,14 @@ impl Writer {
     }
 
     /// [`Self::post`] of a whole batch as the buffer made it (newline-terminated lines): its
-    /// text is the body as it is, with no pass over its lines.
-    pub async fn post_text(&self, text: &[u8]) -> Result<Reply, reqwest_middleware::Error> {
-        self.send(text_body(text, self.gzip)).await
+    /// text is the body as it is, with no pass over its lines, and without gzip not even a
+    /// copy (the buffer is shared).
+    pub async fn post_text(&self, text: &Bytes) -> Result<Reply, reqwest_middleware::Error> {
+        let body = if self.gzip { Bytes::from(text_body(text, true)) } else { text.clone() };
+        self.send(body).await
     }
 
-    async fn send(&self, body: Vec<u8>) -> Result<Reply, reqwest_middleware::Error> {
+    async fn send(&self, body: impl Into<reqwest::Body>) -> Result<Reply, reqwest_middleware::Error> {
         let mut req = self.client.post(self.url.clone()).header(CONTENT_TYPE, "text/plain; charset=utf-8");
         if let Auth::Basic { username, password } = &self.auth {
             req = req.basic_auth(username, Some(password.expose()));
