@@ -131,7 +131,7 @@ fn scan_book_layout(frame: &[u8]) -> Scanned<BookUpdate<'_>> {
     let mut s = Scan::from_bytes(frame);
     s.literal(br#"{"topic":"#)?;
     let topic = s.str()?;
-    let kind = |s: &mut Scan<'_>| {
+    let read_type = |s: &mut Scan<'_>| {
         s.literal(br#","type":"#)?;
         if s.is_str(b"delta") {
             Ok(UpdateKind::Delta)
@@ -141,11 +141,12 @@ fn scan_book_layout(frame: &[u8]) -> Scanned<BookUpdate<'_>> {
             Err(Decline)
         }
     };
+    // Spot writes `ts` first, linear `type`.
     let kind = if s.try_literal(br#","ts":"#) {
         s.i64()?;
-        kind(&mut s)?
+        read_type(&mut s)?
     } else {
-        let kind = kind(&mut s)?;
+        let kind = read_type(&mut s)?;
         s.literal(br#","ts":"#)?;
         s.i64()?;
         kind
