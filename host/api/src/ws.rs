@@ -383,9 +383,17 @@ impl<H: SessionHandler> WsSession<H> {
         let mut connecting: Option<Connecting> = None;
         let mut overlap: Option<Overlap> = None;
         let stale_after = self.cfg.stale_after;
+        // The loop runs once per frame, so what it waits on lives across iterations: built
+        // anew in each, the stop signal's waiter and the two timers were registered and
+        // unregistered (a lock each) for every frame. The silence timer is pushed back only
+        // when it fires early (frames came since); the other timer is reset only when its
+        // deadline changes.
+        let mut stop = std::pin::pin!(shutdown.wait());
+        let mut silence = std::pin::pin!(tokio::time::sleep_until(last_seen + stale_after));
+        let mut timer_sleep = std::pin::pin!(tokio::time::sleep_until(last_seen + stale_after));
         loop {
-            // The rollover's timers share one sleep (the read loop runs per frame): the next
-            // rollover, the end of the overlap, the replacement going silent.
+            // The rollover's timers share one sleep: the next rollover, the end of the
+            // overlap, the replacement going silent.
             let timer = [
                 self.rollover.due_at().map(|at| (at, Timer::Rollover)),
                 overlap.as_ref().map(|o| (o.until, Timer::OverlapOver)),
@@ -394,9 +402,18 @@ impl<H: SessionHandler> WsSession<H> {
             .into_iter()
             .flatten()
             .min_by_key(|(at, _)| *at);
+            if let Some((at, _)) = timer {
+                if timer_sleep.deadline() != at {
+                    timer_sleep.as_mut().reset(at);
+                }
+            }
+            // A handover can move `last_seen` back (to the replacement's last frame).
+            if last_seen + stale_after < silence.deadline() {
+                silence.as_mut().reset(last_seen + stale_after);
+            }
             let step = tokio::select! {
                 biased;
-                _ = shutdown.wait() => {
+                _ = &mut stop => {
                     self.drop_replacement(overlap.take()).await;
                     return Ended::Shutdown;
                 }
@@ -434,7 +451,7 @@ impl<H: SessionHandler> WsSession<H> {
                 r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => Step::Connected(r.map(Box::new)),
                 Some(ev) = self.events_rx.recv() => Step::Flow(self.handler.on_event(ev, &mut outbox)),
                 _ = heartbeat.tick(), if self.cfg.heartbeat_every.is_some() => Step::Flow(self.handler.on_heartbeat(&mut outbox)),
-                _ = tokio::time::sleep_until(timer.map_or(last_seen, |(at, _)| at)), if timer.is_some() => {
+                _ = &mut timer_sleep, if timer.is_some() => {
                     match timer.map(|(_, t)| t) {
                         Some(Timer::Rollover) => Step::StartRollover,
                         Some(Timer::OverlapOver) => Step::OverlapOver,
@@ -442,8 +459,13 @@ impl<H: SessionHandler> WsSession<H> {
                         None => Step::Flow(Flow::Continue),
                     }
                 }
-                _ = tokio::time::sleep_until(last_seen + stale_after) => {
-                    Step::OldEnded(format!("no frame for {}s", stale_after.as_secs()))
+                _ = &mut silence => {
+                    if Instant::now() >= last_seen + stale_after {
+                        Step::OldEnded(format!("no frame for {}s", stale_after.as_secs()))
+                    } else {
+                        silence.as_mut().reset(last_seen + stale_after);
+                        Step::Flow(Flow::Continue)
+                    }
                 }
             };
             let flow = match step {
@@ -666,6 +688,79 @@ mod tests {
             Flow::Continue
         }
         fn on_disconnect(&mut self, _why: &Disconnect) {}
+    }
+
+    /// Keeps data frames and why each connection ended.
+    struct Watcher {
+        url: String,
+        frames: mpsc::UnboundedSender<Message>,
+        ended: mpsc::UnboundedSender<String>,
+    }
+
+    #[async_trait]
+    impl SessionHandler for Watcher {
+        type Event = ();
+        fn url(&self) -> String {
+            self.url.clone()
+        }
+        fn on_frame(&mut self, frame: Message, _recv_ns: i64, _outbox: &mut Vec<Message>) -> Flow {
+            let _ = self.frames.send(frame);
+            Flow::Continue
+        }
+        fn on_disconnect(&mut self, why: &Disconnect) {
+            if let Disconnect::Lost(why) = why {
+                let _ = self.ended.send(why.clone());
+            }
+        }
+    }
+
+    /// The silence timer lives across frames and is pushed back lazily: frames 200 ms apart
+    /// for 2 s keep a connection with `stale_after` 700 ms open (one connection, no end), and
+    /// 700 ms of silence after them ends it as stale. A rollover timer is set too, and must
+    /// not fire or disturb it.
+    #[tokio::test]
+    async fn steady_frames_keep_a_connection_and_silence_ends_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                    if first {
+                        for i in 0..10 {
+                            ws.send(Message::text(format!("f{i}"))).await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                    // Silent from here, held open until the client goes.
+                    while let Some(Ok(_)) = ws.next().await {}
+                });
+            }
+        });
+        let (tx, mut frames) = mpsc::unbounded_channel();
+        let (ended_tx, mut ended) = mpsc::unbounded_channel();
+        let (trigger, shutdown) = shutdown_pair();
+        let (_events_tx, events_rx) = event_channel();
+        let cfg = SessionConfig { stale_after: Duration::from_millis(700), max_connection_age: Some(Duration::from_secs(3600)), ..SessionConfig::default() };
+        let session = WsSession::new("test#0".into(), Watcher { url, frames: tx, ended: ended_tx }, cfg, events_rx, Arc::new(FeedStats::default()));
+        let run = tokio::spawn(session.run(shutdown));
+        for i in 0..10 {
+            let m = tokio::time::timeout(Duration::from_secs(10), frames.recv()).await.expect("frames within 10 s").expect("session alive");
+            assert_eq!(m, Message::text(format!("f{i}")));
+        }
+        let last_frame = Instant::now();
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection for the steady frames");
+        assert!(ended.try_recv().is_err(), "no connection ended while frames came");
+        let why = tokio::time::timeout(Duration::from_secs(10), ended.recv()).await.expect("stale within 10 s").unwrap();
+        assert!(why.contains("no frame for"), "{why}");
+        assert!(last_frame.elapsed() >= Duration::from_millis(500), "ended {:?} after the last frame", last_frame.elapsed());
+        trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(10), run).await.expect("session stops").unwrap();
+        server.abort();
     }
 
     /// The read buffer is smaller than a frame can be: a frame 20 times its size, sent between
