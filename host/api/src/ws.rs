@@ -671,10 +671,11 @@ mod tests {
     use super::*;
     use crate::shutdown::shutdown_pair;
 
-    /// Keeps every data frame it is handed.
+    /// Keeps every data frame it is handed, and (when asked) why each connection ended.
     struct Recorder {
         url: String,
         frames: mpsc::UnboundedSender<Message>,
+        ended: Option<mpsc::UnboundedSender<String>>,
     }
 
     #[async_trait]
@@ -687,29 +688,9 @@ mod tests {
             let _ = self.frames.send(frame);
             Flow::Continue
         }
-        fn on_disconnect(&mut self, _why: &Disconnect) {}
-    }
-
-    /// Keeps data frames and why each connection ended.
-    struct Watcher {
-        url: String,
-        frames: mpsc::UnboundedSender<Message>,
-        ended: mpsc::UnboundedSender<String>,
-    }
-
-    #[async_trait]
-    impl SessionHandler for Watcher {
-        type Event = ();
-        fn url(&self) -> String {
-            self.url.clone()
-        }
-        fn on_frame(&mut self, frame: Message, _recv_ns: i64, _outbox: &mut Vec<Message>) -> Flow {
-            let _ = self.frames.send(frame);
-            Flow::Continue
-        }
         fn on_disconnect(&mut self, why: &Disconnect) {
-            if let Disconnect::Lost(why) = why {
-                let _ = self.ended.send(why.clone());
+            if let (Some(ended), Disconnect::Lost(why)) = (&self.ended, why) {
+                let _ = ended.send(why.clone());
             }
         }
     }
@@ -746,7 +727,7 @@ mod tests {
         let (trigger, shutdown) = shutdown_pair();
         let (_events_tx, events_rx) = event_channel();
         let cfg = SessionConfig { stale_after: Duration::from_millis(700), max_connection_age: Some(Duration::from_secs(3600)), ..SessionConfig::default() };
-        let session = WsSession::new("test#0".into(), Watcher { url, frames: tx, ended: ended_tx }, cfg, events_rx, Arc::new(FeedStats::default()));
+        let session = WsSession::new("test#0".into(), Recorder { url, frames: tx, ended: Some(ended_tx) }, cfg, events_rx, Arc::new(FeedStats::default()));
         let run = tokio::spawn(session.run(shutdown));
         for i in 0..10 {
             let m = tokio::time::timeout(Duration::from_secs(10), frames.recv()).await.expect("frames within 10 s").expect("session alive");
@@ -784,7 +765,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (trigger, shutdown) = shutdown_pair();
         let (_events_tx, events_rx) = event_channel();
-        let session = WsSession::new("test#0".into(), Recorder { url, frames: tx }, SessionConfig::default(), events_rx, Arc::new(FeedStats::default()));
+        let session = WsSession::new("test#0".into(), Recorder { url, frames: tx, ended: None }, SessionConfig::default(), events_rx, Arc::new(FeedStats::default()));
         let run = tokio::spawn(session.run(shutdown));
         let mut got = Vec::new();
         while got.len() < sent.len() {
