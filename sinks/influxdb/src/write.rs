@@ -76,7 +76,7 @@ impl Writer {
     /// text is the body as it is, with no pass over its lines, and without gzip not even a
     /// copy (the buffer is shared).
     pub async fn post_text(&self, text: &Bytes) -> Result<Reply, reqwest_middleware::Error> {
-        let body = if self.gzip { Bytes::from(text_body(text, true)) } else { text.clone() };
+        let body = if self.gzip { Bytes::from(gzip_text(text)) } else { text.clone() };
         self.send(body).await
     }
 
@@ -135,12 +135,10 @@ pub fn body(lines: &[&[u8]], gzip: bool) -> Vec<u8> {
     gz.finish()
 }
 
-/// [`body`] of text that is already newline-terminated lines: one copy, or one pass of the
-/// encoder straight over it (no chunk buffer needed, as nothing is joined).
-pub fn text_body(text: &[u8], gzip: bool) -> Vec<u8> {
-    if !gzip {
-        return text.to_vec();
-    }
+/// [`body`] of text that is already newline-terminated lines, gzip-compressed in one pass of
+/// the encoder straight over it (no chunk buffer needed, as nothing is joined). Uncompressed,
+/// such text is the body as it is ([`Writer::post_text`]).
+pub fn gzip_text(text: &[u8]) -> Vec<u8> {
     let mut gz = GzipBody::new(text.len());
     gz.write(text);
     gz.finish()
