@@ -158,6 +158,11 @@ impl Batch {
     fn take(lines: &mut Vec<u8>, points: &mut usize, acks: &mut Vec<crate::packet::Ack>) -> Batch {
         Batch { lines: std::mem::replace(lines, Vec::with_capacity(1 << 20)).into(), points: std::mem::take(points), acks: std::mem::take(acks) }
     }
+
+    /// A batch read back from the spool (which keeps lines and points, no acks).
+    fn spooled((lines, points): (Vec<u8>, usize)) -> Batch {
+        Batch { lines: lines.into(), points, acks: Vec::new() }
+    }
 }
 
 /// State shared by the encoder and the writer. Invariant: every batch in `queue` is older
@@ -391,7 +396,7 @@ impl Writer {
                         return Next::Batch(b, Source::Memory);
                     }
                     match s.spool.read_front() {
-                        Ok(Some((lines, points))) => Next::Batch(Batch { lines: lines.into(), points, acks: Vec::new() }, Source::Spool),
+                        Ok(Some(spooled)) => Next::Batch(Batch::spooled(spooled), Source::Spool),
                         Ok(None) if s.closed => Next::Done,
                         Ok(None) => Next::Idle,
                         Err(e) => {
@@ -492,7 +497,7 @@ impl Writer {
                             })
                             .await;
                         source = Source::Spool;
-                        batch = self.handle.with(|s, _, _| s.spool.read_front().ok().flatten().map(|(lines, points)| Batch { lines: lines.into(), points, acks: Vec::new() })).await;
+                        batch = self.handle.with(|s, _, _| s.spool.read_front().ok().flatten().map(Batch::spooled)).await;
                     } else {
                         self.handle.with(|s, _, _| s.healthy = false).await;
                     }
