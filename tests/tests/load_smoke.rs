@@ -1,6 +1,7 @@
-//! Keeps the load rig from rotting: `ds-load` runs for a few seconds with three symbols against
-//! the null endpoint, and its summary line must parse and show frames sent, points stored,
-//! every expected update stored, no gap, latency samples and a clean stop.
+//! Keeps the load rig from rotting: `ds-load --floor` runs for a few seconds with three symbols
+//! against the null endpoint, and its summary line must parse and show frames sent, points
+//! stored, every expected update stored, no gap, latency samples, a clean stop, and the bare
+//! reader's floor (whose frames, sent before the service's snapshots, must cause no gap).
 //!
 //! It runs the debug `data-storage` next to the debug `ds-load` (a workspace test run builds
 //! both); when that binary is missing it skips with a line, and fails in CI.
@@ -40,6 +41,7 @@ fn ds_load_runs_and_reports() {
             "200",
             "--book-depth",
             "20",
+            "--floor",
         ])
         .arg("--data-storage")
         .arg(&service)
@@ -77,5 +79,13 @@ fn ds_load_runs_and_reports() {
     assert_eq!(
         s["stored_deltas"], s["expected_deltas"],
         "every update after the snapshot stored: {line}"
+    );
+    assert!(
+        num("floor_frames") > 0.0 && num("floor_cpu_s") > 0.0,
+        "the bare reader received and was measured: {line}"
+    );
+    assert!(
+        (num("ds_us_per_frame") - num("floor_us_per_frame") - num("ds_above_floor_us_per_frame")).abs() < 0.02,
+        "{line}"
     );
 }

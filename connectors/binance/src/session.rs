@@ -59,6 +59,15 @@ pub struct DepthSession {
     pub(crate) conn: u32,
 }
 
+/// The combined-stream URL of one connection: `<ws_url>/stream?streams=<symbol>@depth@100ms/...`
+/// (`@depth` alone at 1000 ms). Public for `ds-load --floor`, whose bare reader must open
+/// exactly the connections a feed opens.
+pub fn stream_url(ws_url: &str, symbols: &[String], update_speed_ms: u32) -> String {
+    let suffix = if update_speed_ms == 100 { "@depth@100ms" } else { "@depth" };
+    let streams: Vec<String> = symbols.iter().map(|s| format!("{}{}", s.to_lowercase(), suffix)).collect();
+    format!("{}/stream?streams={}", ws_url.trim_end_matches('/'), streams.join("/"))
+}
+
 impl DepthSession {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -73,9 +82,7 @@ impl DepthSession {
         shutdown: Shutdown,
         events: mpsc::Sender<SnapshotReady>,
     ) -> Self {
-        let suffix = if update_speed_ms == 100 { "@depth@100ms" } else { "@depth" };
-        let streams: Vec<String> = symbols.iter().map(|s| format!("{}{}", s.to_lowercase(), suffix)).collect();
-        let url = format!("{}/stream?streams={}", ws_url.trim_end_matches('/'), streams.join("/"));
+        let url = stream_url(ws_url, symbols, update_speed_ms);
         let books: Vec<BookSync> = symbols
             .iter()
             .map(|s| BookSync::new(Instrument { exchange: "binance", market: "spot", symbol: Arc::from(s.to_uppercase()) }, max_held))

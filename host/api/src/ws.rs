@@ -191,8 +191,9 @@ type Connecting = Pin<Box<dyn Future<Output = Result<WsStream, String>> + Send>>
 /// header. Each connection also holds 112 KiB less.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
-/// The websocket handshake with this crate's settings.
-async fn open(url: &str) -> Result<WsStream, tokio_tungstenite::tungstenite::Error> {
+/// The websocket handshake with this crate's settings. Public for `ds-load --floor`, whose
+/// bare reader measures what receiving costs on a socket set up exactly like the sessions'.
+pub async fn open(url: &str) -> Result<WsStream, tokio_tungstenite::tungstenite::Error> {
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
     let (ws, _response) = tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
     Ok(ws)

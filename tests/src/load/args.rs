@@ -76,6 +76,11 @@ pub struct LoadArgs {
     /// Keep the run directory (config, service log, spool) after a successful run.
     #[arg(long)]
     pub keep_dir: bool,
+    /// Before data-storage, run `ds-floor` (next to this executable) in its place for a window
+    /// of the same length: a bare reader of the same connections that drops every frame. Its
+    /// CPU per frame is the cost of receiving alone; the report gives data-storage's above it.
+    #[arg(long)]
+    pub floor: bool,
 }
 
 impl LoadArgs {
@@ -106,9 +111,18 @@ impl LoadArgs {
 
     /// The data-storage binary to run.
     pub fn binary(&self) -> PathBuf {
-        self.data_storage.clone().unwrap_or_else(|| {
-            let exe = std::env::current_exe().unwrap_or_default();
-            exe.with_file_name(format!("data-storage{}", std::env::consts::EXE_SUFFIX))
-        })
+        self.data_storage
+            .clone()
+            .unwrap_or_else(|| beside_this_executable("data-storage"))
     }
+
+    /// The bare reader of `--floor`.
+    pub fn floor_binary(&self) -> PathBuf {
+        beside_this_executable("ds-floor")
+    }
+}
+
+fn beside_this_executable(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }

@@ -54,6 +54,18 @@ struct Shared {
     /// Symbols whose first snapshot was served.
     synced: AtomicU64,
     connections: AtomicU64,
+    /// Connections being served now (a connection's task ends within a period of its peer
+    /// leaving: it notices at its next push).
+    open: AtomicU64,
+}
+
+/// Counts a connection in [`Shared::open`] while its task lives.
+struct OpenGuard<'a>(&'a AtomicU64);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counters of the generator at one instant.
@@ -108,6 +120,7 @@ impl LoadExchange {
             ticks_missed: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
         });
         let rest_shared = Arc::clone(&shared);
         let rest = HttpServer::start(move |req| rest_answer(&rest_shared, req)).await;
@@ -161,6 +174,11 @@ impl LoadExchange {
     /// WebSocket connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// WebSocket connections being served now.
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open.load(Ordering::Relaxed)
     }
 
     pub fn counts(&self) -> ExchangeCounts {
@@ -277,6 +295,8 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver
         return;
     };
     let id = shared.connections.fetch_add(1, Ordering::Relaxed);
+    shared.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(&shared.open);
     let (mut tx, mut rx) = ws.split();
     // Read (and drop) what the client sends, so its Pongs never fill the socket.
     let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });

@@ -3,12 +3,14 @@
 //! null or pass-through InfluxDB endpoint behind it ([`endpoint`]) that counts points and
 //! measures latency. [`run`] drives one bounded run and [`summary`] reports frames/s,
 //! points/s, CPU seconds and RSS per process ([`procstat`]) and latency percentiles
-//! ([`latency`]). The binary is `tests/src/bin/ds-load.rs`; README "Performance" says how to
-//! run it and what it measured.
+//! ([`latency`]). With `--floor` it first runs a bare websocket reader ([`floor`], binary
+//! `ds-floor`) in the service's place, for the cost of receiving alone. The binary is
+//! `tests/src/bin/ds-load.rs`; README "Performance" says how to run it and what it measured.
 
 pub mod args;
 pub mod endpoint;
 pub mod exchange;
+pub mod floor;
 pub mod latency;
 pub mod levels;
 pub mod market;

@@ -15,7 +15,7 @@ use super::exchange::LoadExchange;
 use super::levels::LevelSampler;
 use super::procstat;
 use super::service::{Service, ServiceConfig};
-use super::summary::Summary;
+use super::summary::{Floor, Summary};
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -89,6 +89,11 @@ pub async fn run(args: &LoadArgs) -> Result<Outcome, String> {
         snapshot_limit: args.snapshot_limit,
         dir: &dir,
     };
+    let floor = if args.floor {
+        Some(measure_floor(&args.floor_binary(), &config, args, &exchange, ticks).await?)
+    } else {
+        None
+    };
     let mut service = Service::start(&binary, &config).map_err(|e| e.to_string())?;
     let pid = service.pid();
     let mut summary = Summary {
@@ -100,6 +105,7 @@ pub async fn run(args: &LoadArgs) -> Result<Outcome, String> {
             "null".into()
         },
         flush_ms: args.flush_ms,
+        floor,
         ..Summary::default()
     };
     let mut failure = None;
@@ -240,11 +246,80 @@ async fn sleep_watching(service: &mut Service, d: Duration) -> Option<String> {
     let until = Instant::now() + d;
     while Instant::now() < until {
         if let Some(status) = service.exited() {
-            return Some(format!("data-storage exited during the run ({status})"));
+            return Some(format!("{} exited during the run ({status})", service.name));
         }
         tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;
     }
     None
+}
+
+/// `--floor`: `ds-floor` in the service's place, on the same mock with the same config, for a
+/// window as long as the service's once its connections are open and `settle` seconds have
+/// passed; then stopped as the service is. It runs before the service, so its frames precede
+/// every snapshot and count in none of the service's figures.
+async fn measure_floor(
+    binary: &Path,
+    config: &ServiceConfig<'_>,
+    args: &LoadArgs,
+    exchange: &LoadExchange,
+    ticks: f64,
+) -> Result<Floor, String> {
+    if !binary.is_file() {
+        return Err(format!(
+            "ds-floor not found at {} (build it: cargo build --release -p ds-tests --bin ds-floor)",
+            binary.display()
+        ));
+    }
+    let opened_before = exchange.connections();
+    let mut reader = Service::start(binary, config).map_err(|e| e.to_string())?;
+    let connections = super::floor::connection_urls(&config.dir.join("exchanges.toml"))?.len() as u64;
+    let failed = |reader: &Service, why: String| format!("floor: {why}\n{}", reader.log_tail(10));
+    let until = Instant::now() + Duration::from_secs(30);
+    while exchange.connections() < opened_before + connections {
+        if let Some(status) = reader.exited() {
+            return Err(failed(&reader, format!("ds-floor exited before connecting ({status})")));
+        }
+        if Instant::now() > until {
+            return Err(failed(&reader, "ds-floor did not open its connections within 30 s".into()));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    if let Some(why) = sleep_watching(&mut reader, Duration::from_secs(args.settle)).await {
+        return Err(failed(&reader, why));
+    }
+    let pid = reader.pid();
+    let (x0, cpu0) = (exchange.counts(), procstat::cpu_sample(pid, ticks));
+    let window_start = Instant::now();
+    if let Some(why) = sleep_watching(&mut reader, Duration::from_secs(args.seconds)).await {
+        return Err(failed(&reader, why));
+    }
+    let (x1, cpu1) = (exchange.counts(), procstat::cpu_sample(pid, ticks));
+    let window_s = window_start.elapsed().as_secs_f64();
+    let rss = procstat::memory(pid).map_or(0, |m| m.rss);
+    match reader.stop(STOP_DEADLINE).await {
+        Ok(status) if status.success() => {}
+        Ok(status) => return Err(failed(&reader, format!("ds-floor exited with {status} after SIGTERM"))),
+        Err(e) => return Err(failed(&reader, e)),
+    }
+    // A connection's task generates frames until it notices its peer has gone: wait for that,
+    // so that no frame of the floor's advances a book after the service's snapshot of it.
+    let until = Instant::now() + Duration::from_secs(10);
+    while exchange.open_connections() > 0 {
+        if Instant::now() > until {
+            return Err("floor: the mock still serves ds-floor's connections 10 s after its stop".into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let cpu_s = cpu0
+        .zip(cpu1)
+        .map(|(a, b)| procstat::cpu_between(a, b, ticks))
+        .ok_or_else(|| failed(&reader, "ds-floor's CPU time could not be read".into()))?;
+    Ok(Floor {
+        window_s,
+        frames: x1.frames_sent - x0.frames_sent,
+        cpu_s,
+        rss,
+    })
 }
 
 /// `book_delta` lines left in the service's spool (`*.lp` files under `dir`): points it kept

@@ -73,10 +73,12 @@ quarantine_dir = "{dir}/quarantine"
     }
 }
 
-/// The running service.
+/// The running service (or, for `--floor`, the bare reader started the same way).
 pub struct Service {
     child: Child,
     pub log: PathBuf,
+    /// The binary's file name, for messages.
+    pub name: String,
 }
 
 impl Service {
@@ -84,7 +86,10 @@ impl Service {
     pub fn start(binary: &Path, config: &ServiceConfig<'_>) -> std::io::Result<Service> {
         let path = config.dir.join("exchanges.toml");
         std::fs::write(&path, config.toml())?;
-        let log = config.dir.join("data-storage.log");
+        let name = binary
+            .file_name()
+            .map_or_else(|| "data-storage".into(), |n| n.to_string_lossy().into_owned());
+        let log = config.dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         let child = Command::new(binary)
@@ -98,7 +103,7 @@ impl Service {
             .map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot start {}: {e}", binary.display()))
             })?;
-        Ok(Service { child, log })
+        Ok(Service { child, log, name })
     }
 
     pub fn pid(&self) -> u32 {

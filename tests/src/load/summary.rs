@@ -47,6 +47,26 @@ pub struct Summary {
     pub invalid: u64,
     pub failed_writes: u64,
     pub exit: String,
+    /// `--floor`: the bare reader's window, before the service's.
+    pub floor: Option<Floor>,
+}
+
+/// The bare reader's figures (`--floor`, see [`super::floor`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Floor {
+    pub window_s: f64,
+    pub frames: u64,
+    pub cpu_s: f64,
+    pub rss: u64,
+}
+
+impl Floor {
+    pub fn us_per_frame(&self) -> Option<f64> {
+        per(self.cpu_s * 1e6, self.frames as f64)
+    }
+    pub fn cpu_pct(&self) -> Option<f64> {
+        per(self.cpu_s * 100.0, self.window_s)
+    }
 }
 
 fn per(a: f64, b: f64) -> Option<f64> {
@@ -75,6 +95,14 @@ impl Summary {
     }
     pub fn influxd_us_per_point(&self) -> Option<f64> {
         per(self.influxd_cpu_s? * 1e6, self.points as f64)
+    }
+    /// The bare reader's CPU per frame (`--floor`).
+    pub fn floor_us_per_frame(&self) -> Option<f64> {
+        self.floor?.us_per_frame()
+    }
+    /// The service's CPU per frame above the floor: what its own work on a frame costs.
+    pub fn ds_above_floor_us_per_frame(&self) -> Option<f64> {
+        Some(self.ds_us_per_frame()? - self.floor_us_per_frame()?)
     }
     /// Resident memory per symbol (whole process, so it includes the fixed base).
     pub fn rss_kib_per_symbol(&self) -> Option<f64> {
@@ -128,6 +156,10 @@ impl Summary {
             ("invalid", self.invalid.to_string()),
             ("failed_writes", self.failed_writes.to_string()),
             ("exit", self.exit.clone()),
+            ("floor_frames", u(self.floor.map(|f| f.frames))),
+            ("floor_cpu_s", f(self.floor.map(|f| f.cpu_s), 3)),
+            ("floor_us_per_frame", f(self.floor_us_per_frame(), 2)),
+            ("ds_above_floor_us_per_frame", f(self.ds_above_floor_us_per_frame(), 2)),
         ]
     }
 
@@ -202,6 +234,23 @@ impl Summary {
                 f(ratio, 1)
             );
         }
+        if let Some(floor) = &self.floor {
+            let _ = writeln!(
+                r,
+                "  floor         bare reader, same connections, {:.2} s before: {} frames, {:.3} CPU s = {}% of one core, {} us/frame, RSS {:.1} MiB",
+                floor.window_s,
+                floor.frames,
+                floor.cpu_s,
+                f(floor.cpu_pct(), 1),
+                f(floor.us_per_frame(), 2),
+                mib(floor.rss)
+            );
+            let _ = writeln!(
+                r,
+                "                data-storage above the floor: {} us/frame",
+                f(self.ds_above_floor_us_per_frame(), 2)
+            );
+        }
         let _ = writeln!(
             r,
             "  ds-load       {:.3} CPU s (mock + endpoint, same machine)",
@@ -244,6 +293,21 @@ mod tests {
         assert_eq!(m["frames"], "200");
         assert_eq!(m["frames_per_s"], "100");
         assert_eq!(m["lat_p99_ms"], "-");
+        assert_eq!(m["floor_us_per_frame"], "-");
+        let floored = Summary {
+            ds_cpu_s: 0.004,
+            floor: Some(Floor {
+                window_s: 2.0,
+                frames: 200,
+                cpu_s: 0.001,
+                rss: 0,
+            }),
+            ..s.clone()
+        };
+        let m = parse_line(&floored.line()).expect("parses");
+        assert_eq!(m["ds_us_per_frame"], "20.00");
+        assert_eq!(m["floor_us_per_frame"], "5.00");
+        assert_eq!(m["ds_above_floor_us_per_frame"], "15.00");
         assert_eq!(m.len(), s.fields().len());
         assert!(parse_line("something else").is_none());
     }
