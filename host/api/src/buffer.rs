@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
@@ -200,6 +200,45 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 }
 
 impl Handle {
+    /// Runs `f` on the shared state right here when that is sure to be quick: the lock is free
+    /// (a holder may be in the middle of spool I/O, so this never waits for it) and `f` finds
+    /// nothing on disk to do (it returns `None`, having changed nothing, when it would need
+    /// the spool). Otherwise the caller goes through [`Self::with`]. While the sink keeps up
+    /// every step of a batch (queued, taken, written) is of the memory queue, and the blocking
+    /// thread of `with` cost a wakeup and a handover of its own for each: four per batch,
+    /// about 0.4 ms of CPU (`ds-load --flush-ms`: 650 us per write), a fifth of the service's
+    /// CPU at 10 symbols.
+    fn now<T>(&self, f: impl FnOnce(&mut Shared) -> Option<T>) -> Option<T> {
+        let mut guard = match self.shared.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        f(&mut guard)
+    }
+
+    /// The next batch as [`Writer::run`] takes it, on a blocking thread: the memory queue, else
+    /// the oldest spool file.
+    async fn next_from_spool(&self) -> Next {
+        self.with(|s, _, name| {
+            if let Some(b) = s.queue.pop_front() {
+                return Next::Batch(b, Source::Memory);
+            }
+            match s.spool.read_front() {
+                Ok(Some(spooled)) => Next::Batch(Batch::spooled(spooled), Source::Spool),
+                Ok(None) if s.closed => Next::Done,
+                Ok(None) => Next::Idle,
+                Err(e) => {
+                    // An unreadable spool file: count it lost and move on.
+                    error!(sink = name, error = %e, "cannot read the oldest spool file; skipping it");
+                    let _ = s.spool.pop_front_file();
+                    Next::Idle
+                }
+            }
+        })
+        .await
+    }
+
     /// Runs `f` on the shared state on a blocking thread (spool I/O must not stall the runtime).
     async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Shared, &SinkStats, &str) -> T + Send + 'static) -> T {
         let shared = self.shared.clone();
@@ -225,6 +264,15 @@ impl Handle {
     /// Encoder side: a new batch goes to memory while the sink keeps up, else to the spool.
     async fn hand_off(&self, batch: Batch) {
         let memory_batches = self.memory_batches;
+        let mut batch = Some(batch);
+        let queued = self.now(|s| {
+            (s.healthy && s.spool.is_empty() && s.queue.len() < memory_batches).then(|| s.queue.push_back(batch.take().expect("batch present")))
+        });
+        if queued.is_some() {
+            self.wake.notify_one();
+            return;
+        }
+        let batch = batch.take().expect("batch present");
         let pushed = self
             .with(move |s, stats, name| {
                 if s.healthy && s.spool.is_empty() && s.queue.len() < memory_batches {
@@ -389,25 +437,17 @@ impl Writer {
             if deadline.is_none() && self.shutdown.is_triggered() {
                 deadline = Some(tokio::time::Instant::now() + self.stop_deadline);
             }
-            let next = self
-                .handle
-                .with(|s, _, name| {
-                    if let Some(b) = s.queue.pop_front() {
-                        return Next::Batch(b, Source::Memory);
-                    }
-                    match s.spool.read_front() {
-                        Ok(Some(spooled)) => Next::Batch(Batch::spooled(spooled), Source::Spool),
-                        Ok(None) if s.closed => Next::Done,
-                        Ok(None) => Next::Idle,
-                        Err(e) => {
-                            // An unreadable spool file: count it lost and move on.
-                            error!(sink = name, error = %e, "cannot read the oldest spool file; skipping it");
-                            let _ = s.spool.pop_front_file();
-                            Next::Idle
-                        }
-                    }
-                })
-                .await;
+            // Memory first, and the idle case without a blocking thread when the spool is
+            // empty; reading the spool is for `with`.
+            let now = self.handle.now(|s| match s.queue.pop_front() {
+                Some(b) => Some(Next::Batch(b, Source::Memory)),
+                None if s.spool.is_empty() => Some(if s.closed { Next::Done } else { Next::Idle }),
+                None => None,
+            });
+            let next = match now {
+                Some(next) => next,
+                None => self.handle.next_from_spool().await,
+            };
             match next {
                 Next::Done => return,
                 Next::Idle => {
@@ -425,6 +465,7 @@ impl Writer {
             }
         }
     }
+
 
     /// Writes one batch until it is stored or quarantined. Returns false when the stop deadline
     /// passed (the batch and everything queued are then in the spool).
@@ -535,7 +576,7 @@ impl Writer {
                             Handle::account(stats, &s.spool);
                         })
                         .await;
-                } else {
+                } else if self.handle.now(|s| Some(s.healthy = true)).is_none() {
                     self.handle.with(|s, _, _| s.healthy = true).await;
                 }
                 return true;
