@@ -204,10 +204,10 @@ impl Handle {
     /// (a holder may be in the middle of spool I/O, so this never waits for it) and `f` finds
     /// nothing on disk to do (it returns `None`, having changed nothing, when it would need
     /// the spool). Otherwise the caller goes through [`Self::with`]. While the sink keeps up
-    /// every step of a batch (queued, taken, written) is of the memory queue, and the blocking
-    /// thread of `with` cost a wakeup and a handover of its own for each: four per batch,
-    /// about 0.4 ms of CPU (`ds-load --flush-ms`: 650 us per write), a fifth of the service's
-    /// CPU at 10 symbols.
+    /// every step of a batch (queued, taken, written, the queue found empty) is of the memory
+    /// queue, and the blocking thread of `with` cost a wakeup and a handover back for each,
+    /// four per batch: 7% of the service's CPU at 10 symbols and one write a second, 38% at
+    /// ten writes a second (`ds-load`, README "Performance", seventh round).
     fn now<T>(&self, f: impl FnOnce(&mut Shared) -> Option<T>) -> Option<T> {
         let mut guard = match self.shared.try_lock() {
             Ok(g) => g,
@@ -465,7 +465,6 @@ impl Writer {
             }
         }
     }
-
 
     /// Writes one batch until it is stored or quarantined. Returns false when the stop deadline
     /// passed (the batch and everything queued are then in the spool).
