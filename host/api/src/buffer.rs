@@ -575,7 +575,14 @@ impl Writer {
                             Handle::account(stats, &s.spool);
                         })
                         .await;
-                } else if self.handle.now(|s| Some(s.healthy = true)).is_none() {
+                } else if self
+                    .handle
+                    .now(|s| {
+                        s.healthy = true;
+                        Some(())
+                    })
+                    .is_none()
+                {
                     self.handle.with(|s, _, _| s.healthy = true).await;
                 }
                 return true;
