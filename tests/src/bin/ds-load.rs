@@ -1,7 +1,7 @@
 //! `ds-load`: the load rig of issue 8 (see `ds_tests::load` and README "Performance").
 //!
 //! ```sh
-//! cargo build --release -p data-storage -p ds-tests --bin ds-load
+//! cargo build --release -p data-storage -p ds-tests --bin ds-load --bin ds-floor
 //! target/release/ds-load --symbols 100 --seconds 30
 //! ```
 
