@@ -18,7 +18,7 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// a null InfluxDB endpoint or a real InfluxDB, all on 127.0.0.1. Prints a report on stderr
 /// and one `ds-load: key=value ...` summary line on stdout; exits 0, 2 when it could not start,
 /// or 1 when the run failed (service died or did not stop cleanly, nothing stored). Ends within
-/// warmup-max + seconds + about 40 s.
+/// warmup-max + seconds + about 40 s (with --floor, another settle + seconds + at most 70 s).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ds-load", version)]
 pub struct LoadArgs {

@@ -3,8 +3,9 @@
 //! then stop generating, let the last batches drain, SIGTERM, and tally.
 //!
 //! Every wait is bounded (warm-up, window, drain, stop), so a run ends by itself within
-//! `warmup_max + settle + seconds + flush + 30 s (stop deadline) + a few seconds`, whatever the
-//! service does.
+//! `warmup_max + settle + seconds + flush + 30 s (stop deadline) + a few seconds` (with
+//! `--floor`, before that at most 30 s to connect, `settle + seconds`, 30 s to stop and 10 s
+//! for the mock to let go), whatever the service does.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
