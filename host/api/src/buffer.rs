@@ -176,6 +176,14 @@ struct Shared {
     closed: bool,
 }
 
+impl Shared {
+    /// A new batch goes to the memory queue: the sink keeps up, nothing older waits on disk,
+    /// and the queue has room. Otherwise it goes to the spool.
+    fn takes_in_memory(&self, memory_batches: usize) -> bool {
+        self.healthy && self.spool.is_empty() && self.queue.len() < memory_batches
+    }
+}
+
 /// One sink's buffer: an encoder (this task) and a writer task.
 pub struct Buffer {
     name: Arc<str>,
@@ -265,9 +273,7 @@ impl Handle {
     async fn hand_off(&self, batch: Batch) {
         let memory_batches = self.memory_batches;
         let mut batch = Some(batch);
-        let queued = self.now(|s| {
-            (s.healthy && s.spool.is_empty() && s.queue.len() < memory_batches).then(|| s.queue.push_back(batch.take().expect("batch present")))
-        });
+        let queued = self.now(|s| s.takes_in_memory(memory_batches).then(|| s.queue.push_back(batch.take().expect("batch present"))));
         if queued.is_some() {
             self.wake.notify_one();
             return;
@@ -275,7 +281,7 @@ impl Handle {
         let batch = batch.take().expect("batch present");
         let pushed = self
             .with(move |s, stats, name| {
-                if s.healthy && s.spool.is_empty() && s.queue.len() < memory_batches {
+                if s.takes_in_memory(memory_batches) {
                     s.queue.push_back(batch);
                     return None;
                 }

@@ -18,11 +18,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use connector_binance::options::DepthOptions;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-/// The part of exchanges.toml the reader needs: its first feed.
+/// The part of exchanges.toml the reader needs: its first feed, whose connection options are
+/// read as the connector reads them (its own defaults included).
 #[derive(Debug, Deserialize)]
 struct FloorConfig {
     feed: Vec<FeedConfig>,
@@ -30,20 +32,9 @@ struct FloorConfig {
 
 #[derive(Debug, Deserialize)]
 struct FeedConfig {
-    ws_url: String,
     symbols: Vec<String>,
-    #[serde(default = "default_streams")]
-    streams_per_connection: usize,
-    #[serde(default = "default_speed")]
-    update_speed_ms: u32,
-}
-
-fn default_streams() -> usize {
-    connector_binance::options::DEFAULT_STREAMS_PER_CONNECTION
-}
-
-fn default_speed() -> u32 {
-    100
+    #[serde(flatten)]
+    options: DepthOptions,
 }
 
 /// The URLs of the connections the config's first feed opens, one per
@@ -57,7 +48,8 @@ pub fn connection_urls(config: &Path) -> Result<Vec<String>, String> {
         .feed
         .first()
         .ok_or_else(|| format!("{}: no [[feed]]", config.display()))?;
-    if feed.symbols.is_empty() || feed.streams_per_connection == 0 {
+    let o = &feed.options;
+    if feed.symbols.is_empty() || o.streams_per_connection == 0 {
         return Err(format!(
             "{}: the feed needs symbols and streams_per_connection >= 1",
             config.display()
@@ -65,10 +57,8 @@ pub fn connection_urls(config: &Path) -> Result<Vec<String>, String> {
     }
     Ok(feed
         .symbols
-        .chunks(feed.streams_per_connection)
-        .map(|group| {
-            connector_binance::session::stream_url(&feed.ws_url, group, feed.update_speed_ms)
-        })
+        .chunks(o.streams_per_connection)
+        .map(|group| connector_binance::session::stream_url(&o.ws_url, group, o.update_speed_ms))
         .collect())
 }
 
